@@ -1,0 +1,124 @@
+//! Typed errors.
+//!
+//! Every fallible operation of the crate returns one of these instead of panicking, and an
+//! operation that fails leaves the MMU exactly as it found it. Built with
+//! [`thiserror`](https://docs.rs/thiserror) in `no_std` mode.
+
+/// What went wrong in an MMU operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The frame arena cannot supply the frames the operation needs. Nothing was changed.
+    #[error("out of physical frames: the operation needs {needed}, {free} are free")]
+    OutOfFrames {
+        /// Frames the operation needed.
+        needed: usize,
+        /// Frames that were free.
+        free: usize,
+    },
+    /// The virtual address is not canonical (bits 63..47 are not a sign extension of bit 47).
+    #[error("virtual address {addr:#x} is not canonical")]
+    NonCanonical {
+        /// The offending address.
+        addr: u64,
+    },
+    /// The address is not aligned to the size of the mapping asked for.
+    #[error("address {addr:#x} is not aligned to {align:#x}")]
+    Misaligned {
+        /// The offending address.
+        addr: u64,
+        /// The alignment the operation needs.
+        align: u64,
+    },
+    /// The address lies outside the virtual space the MMU was configured with.
+    #[error("address {addr:#x} is outside the configured space [0, {limit:#x})")]
+    OutOfRange {
+        /// The offending address.
+        addr: u64,
+        /// The first address past the configured space.
+        limit: u64,
+    },
+    /// A mapping already exists at the address.
+    #[error("{addr:#x} is already mapped")]
+    AlreadyMapped {
+        /// The address.
+        addr: u64,
+    },
+    /// Nothing is mapped at the address.
+    #[error("{addr:#x} is not mapped")]
+    NotMapped {
+        /// The address.
+        addr: u64,
+    },
+    /// A huge (2 MiB) mapping covers the address, so a 4 KiB operation cannot proceed.
+    #[error("a huge mapping covers {addr:#x}")]
+    HugeInTheWay {
+        /// The address.
+        addr: u64,
+    },
+    /// A PTE table with live entries covers the 2 MiB range, so a huge mapping cannot be made.
+    #[error("a PTE table with mappings covers the huge range at {addr:#x}")]
+    TableInTheWay {
+        /// The start of the 2 MiB range.
+        addr: u64,
+    },
+    /// The pmd slot no longer holds the value a map was made from (`pmd_same` failed): the
+    /// table was removed or replaced. Unlock and retry.
+    #[error("the pmd changed since it was read (pmd_same failed)")]
+    PmdChanged,
+    /// The pmd slot is not empty, so a table cannot be installed there.
+    #[error("the pmd slot is occupied")]
+    SlotOccupied,
+    /// A guard, pmd reference or table of one MMU (or RCU domain) was used with another.
+    #[error("the guard or pmd belongs to a different MMU or RCU domain")]
+    WrongMmu,
+    /// The configuration asked for is unusable.
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// Why `pte_offset_map` and its family found no PTE table behind a pmd value.
+///
+/// These are the kernel's "nomap" cases of `__pte_offset_map`: the caller treats them as "no
+/// table here" (and usually retries or falls back), never as a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NoMap {
+    /// The pmd is empty (`pmd_none`).
+    #[error("pmd is none")]
+    None,
+    /// The pmd is a non-present migration entry (`is_pmd_migration_entry`).
+    #[error("pmd is a migration entry")]
+    Migration,
+    /// The pmd is non-present but not a migration entry (`!pmd_present`).
+    #[error("pmd is not present")]
+    NotPresent,
+    /// The pmd maps a huge page itself (`pmd_trans_huge`), not a PTE table.
+    #[error("pmd is a huge leaf")]
+    Huge,
+    /// The pmd is malformed (`pmd_bad`).
+    #[error("pmd is malformed")]
+    Bad,
+}
+
+/// A consuming operation refused its input and hands it back unchanged.
+///
+/// Used where dropping the input would lose state, e.g. a detached table that could not be
+/// populated into a slot: the caller gets the table back and must still consume it.
+#[derive(Debug)]
+#[must_use = "the rejected value still has to be consumed"]
+pub struct Rejected<T> {
+    /// Why the operation refused.
+    pub error: Error,
+    /// The input, unchanged.
+    pub value: T,
+}
+
+impl<T> core::fmt::Display for Rejected<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Display::fmt(&self.error, f)
+    }
+}

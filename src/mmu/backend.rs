@@ -1,0 +1,198 @@
+//! The in-memory MMU as a [`PgtableBackend`].
+
+use super::entry::{PmdKind, PmdVal, Pte, TableRef, classify_pmd, table_entry};
+use super::frames::{ENTRIES, FrameKind, PmdSlot};
+use super::Mmu;
+use crate::error::{Error, NoMap};
+use crate::provenance::{
+    CopiedUnderRcu, Detached, InTable, MapKind, PgtableBackend, PmdRef, Unprotected,
+};
+use crate::rcu::{EpochRcu, RcuDomain};
+use std::boxed::Box;
+use std::sync::atomic::Ordering;
+
+impl Mmu {
+    pub(crate) fn snapshot(&self, raw: u64) -> PmdVal {
+        let frames = self.frames.nframes() as u32;
+        let generation = match classify_pmd(raw, u64::from(frames)) {
+            PmdKind::Table(pfn) => self.frames.desc(pfn).generation.load(Ordering::Acquire),
+            _ => 0,
+        };
+        PmdVal { raw, generation, frames }
+    }
+
+    fn slot_frame(&self, slot: &PmdSlot) -> u64 {
+        match self.frames.locate(slot) {
+            Some((pfn, _)) => pfn,
+            // Slots reach the backend only through `PmdRef`s of this MMU (checked or unsafe).
+            None => unreachable!("a pmd slot outside this MMU's memory"),
+        }
+    }
+
+    fn check(&self, t: &TableRef, kind: MapKind, access: &'static str) {
+        let found = self.frames.desc(t.pfn).generation.load(Ordering::Acquire);
+        self.frames.audit.check(t.pfn, t.generation, found, kind.name(), access);
+    }
+}
+
+// SAFETY: (1) PTE tables reachable from slots are freed only by `pte_free_defer` (an RCU
+// callback of `self.rcu`) or by `pte_free` for tables no walker can reach; frame memory and
+// descriptors (with the locks) are never deallocated while the MMU lives. (2) Every path that
+// clears or replaces a slot naming a PTE table holds the PMD lock and the table's PTE lock
+// (`pmdp_collapse_flush` is only called from the provenance layer with both). (3)
+// `pmd_populate` is a release store after the table's contents were written. (4)
+// `classify_pmd` accepts only present, well-formed, non-huge values naming a frame in range.
+unsafe impl PgtableBackend for Mmu {
+    type Rcu = EpochRcu;
+    type PmdSlot = PmdSlot;
+    type PmdSnapshot = PmdVal;
+    type Table = TableRef;
+    type Pte = Pte;
+
+    fn rcu(&self) -> &EpochRcu {
+        &self.rcu
+    }
+
+    fn pmdp_get_lockless(&self, slot: &PmdSlot) -> PmdVal {
+        self.snapshot(slot.0.load(Ordering::Acquire))
+    }
+
+    fn pmd_same(&self, a: &PmdVal, b: &PmdVal) -> bool {
+        a.raw == b.raw
+    }
+
+    fn pmd_table(&self, pmd: &PmdVal) -> Result<TableRef, NoMap> {
+        match pmd.kind() {
+            PmdKind::Table(pfn) => Ok(TableRef { pfn, generation: pmd.generation }),
+            PmdKind::None => Err(NoMap::None),
+            PmdKind::Migration => Err(NoMap::Migration),
+            PmdKind::NotPresent => Err(NoMap::NotPresent),
+            PmdKind::Huge(_) => Err(NoMap::Huge),
+            PmdKind::Bad => Err(NoMap::Bad),
+        }
+    }
+
+    fn pmd_of_table(&self, table: &TableRef) -> PmdVal {
+        PmdVal {
+            raw: table_entry(table.pfn),
+            generation: table.generation,
+            frames: self.frames.nframes() as u32,
+        }
+    }
+
+    fn pte_index(&self, addr: u64) -> usize {
+        ((addr >> 12) as usize) % ENTRIES
+    }
+
+    fn ptrs_per_pte(&self) -> usize {
+        ENTRIES
+    }
+
+    unsafe fn pte_map(&self, table: &TableRef, kind: MapKind) {
+        self.check(table, kind, "map");
+    }
+
+    unsafe fn ptep_get(&self, table: &TableRef, index: usize, kind: MapKind) -> Pte {
+        let v = self.frames.cell(table.pfn, index).0.load(Ordering::Acquire);
+        self.check(table, kind, "read");
+        Pte::from_raw(v)
+    }
+
+    unsafe fn set_pte(&self, table: &TableRef, index: usize, pte: Pte, kind: MapKind) {
+        self.frames
+            .cell(table.pfn, index)
+            .0
+            .store(pte.raw(), Ordering::Release);
+        self.check(table, kind, "write");
+    }
+
+    unsafe fn ptep_get_and_clear(&self, table: &TableRef, index: usize, kind: MapKind) -> Pte {
+        let v = self.frames.cell(table.pfn, index).0.swap(0, Ordering::AcqRel);
+        self.check(table, kind, "write");
+        Pte::from_raw(v)
+    }
+
+    unsafe fn pte_lock(&self, table: &TableRef) {
+        self.frames.desc(table.pfn).lock.lock();
+    }
+
+    unsafe fn pte_unlock(&self, table: &TableRef) {
+        self.frames.desc(table.pfn).lock.unlock();
+    }
+
+    fn pmd_lock(&self, slot: &PmdSlot) {
+        self.frames.desc(self.slot_frame(slot)).lock.lock();
+    }
+
+    unsafe fn pmd_unlock(&self, slot: &PmdSlot) {
+        self.frames.desc(self.slot_frame(slot)).lock.unlock();
+    }
+
+    unsafe fn pmd_populate(&self, slot: &PmdSlot, table: &TableRef) {
+        // The release store orders every write to the table (and its lock's init) before the
+        // entry that publishes it (`smp_wmb(); pmd_populate()`).
+        slot.0.store(table_entry(table.pfn), Ordering::Release);
+        self.counters.tables_installed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    unsafe fn pmdp_collapse_flush(&self, slot: &PmdSlot) -> PmdVal {
+        let old = slot.0.swap(0, Ordering::AcqRel);
+        // No TLB to flush in this model; a hardware walker would be shot down here.
+        self.snapshot_detached(old)
+    }
+
+    unsafe fn pgtable_trans_huge_deposit(&self, slot: &PmdSlot, table: &TableRef) {
+        if let Some((pfn, index)) = self.frames.locate(slot) {
+            let mut dep = self.frames.desc(pfn).deposit.lock().unwrap_or_else(|e| e.into_inner());
+            dep.push((index as u16, table.pfn));
+        }
+    }
+
+    unsafe fn pgtable_trans_huge_withdraw(&self, slot: &PmdSlot) -> Option<TableRef> {
+        let (pfn, index) = self.frames.locate(slot)?;
+        let mut dep = self.frames.desc(pfn).deposit.lock().unwrap_or_else(|e| e.into_inner());
+        let at = dep.iter().position(|&(i, _)| i as usize == index)?;
+        let (_, table) = dep.remove(at);
+        let generation = self.frames.desc(table).generation.load(Ordering::Acquire);
+        Some(TableRef { pfn: table, generation })
+    }
+
+    fn pte_alloc_one(&self) -> Result<TableRef, Error> {
+        let pfn = self.frames.alloc_n(1, FrameKind::Pte)?[0];
+        let generation = self.frames.desc(pfn).generation.load(Ordering::Acquire);
+        Ok(TableRef { pfn, generation })
+    }
+
+    unsafe fn pte_free(&self, table: &TableRef) {
+        self.counters.tables_freed_now.fetch_add(1, Ordering::Relaxed);
+        self.frames.free(table.pfn);
+    }
+
+    unsafe fn pte_free_defer(&self, table: &TableRef) {
+        self.counters.tables_freed_deferred.fetch_add(1, Ordering::Relaxed);
+        let frames = self.frames.clone();
+        let pfn = table.pfn;
+        self.rcu.call_rcu(Box::new(move || frames.free(pfn)));
+    }
+}
+
+impl Mmu {
+    /// The snapshot of a value just taken out of a slot under both locks: the table cannot
+    /// have been freed, so its current generation is the one readers recorded.
+    fn snapshot_detached(&self, raw: u64) -> PmdVal {
+        self.snapshot(raw)
+    }
+}
+
+static_assertions::assert_eq_size!(PmdRef<'static, Mmu, InTable>, [usize; 2]);
+static_assertions::assert_eq_size!(PmdRef<'static, Mmu, CopiedUnderRcu<'static>>, [u64; 4]);
+static_assertions::assert_eq_size!(PmdRef<'static, Mmu, Detached>, [u64; 3]);
+static_assertions::assert_eq_size!(PmdVal, [u64; 2]);
+static_assertions::assert_eq_size!(PmdRef<'static, Mmu, Unprotected>, [u64; 3]);
+static_assertions::assert_not_impl_any!(crate::rcu::RcuGuard<'static, EpochRcu>: Send, Sync);
+static_assertions::assert_not_impl_any!(crate::provenance::PteMap<'static, Mmu>: Send, Sync);
+static_assertions::assert_not_impl_any!(
+    crate::provenance::PteLocked<'static, Mmu, crate::provenance::Attached>: Send, Sync
+);
+static_assertions::assert_not_impl_any!(crate::provenance::PmdLockGuard<'static, Mmu>: Send);
+static_assertions::assert_not_impl_any!(PmdRef<'static, Mmu, CopiedUnderRcu<'static>>: Send);

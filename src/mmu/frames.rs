@@ -1,0 +1,234 @@
+//! Physical memory: an arena of 4 KiB frames with per-frame descriptors.
+//!
+//! Frame memory is a flat array of 8-byte entry cells, never deallocated while the MMU lives:
+//! a "free" is logical (generation bump, poison fill, back to the allocator). That keeps every
+//! access memory-safe in Rust terms while the [`Audit`] reports each access to a freed table as
+//! the use-after-free it would be in a kernel.
+
+use super::audit::Audit;
+use super::entry::POISON;
+use super::spin::SpinLock;
+use crate::error::Error;
+use std::boxed::Box;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::vec::Vec;
+
+/// Entries per table (and 8-byte cells per frame).
+pub const ENTRIES: usize = 512;
+
+/// One 8-byte entry cell of a page-table frame. The provenance layer sees it as a pmd slot.
+#[repr(transparent)]
+#[derive(Debug, Default)]
+pub struct PmdSlot(pub(crate) AtomicU64);
+
+/// What a frame is used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// In the allocator.
+    Free = 0,
+    /// A data page.
+    Data = 1,
+    /// A PTE table (level 1).
+    Pte = 2,
+    /// A PMD table (level 2).
+    Pmd = 3,
+    /// A PUD table (level 3).
+    Pud = 4,
+    /// The PGD (level 4).
+    Pgd = 5,
+    /// Never allocated (frame 0).
+    Reserved = 6,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> FrameKind {
+        match v {
+            1 => FrameKind::Data,
+            2 => FrameKind::Pte,
+            3 => FrameKind::Pmd,
+            4 => FrameKind::Pud,
+            5 => FrameKind::Pgd,
+            6 => FrameKind::Reserved,
+            _ => FrameKind::Free,
+        }
+    }
+}
+
+/// The descriptor of one frame (`struct ptdesc`).
+///
+/// The split lock lives here, as in the kernel; descriptors are never deallocated, so a lock
+/// outlives every grace period of its table (bug B9 cannot happen by construction).
+#[derive(Debug, Default)]
+pub(crate) struct FrameDesc {
+    pub(crate) generation: AtomicU32,
+    kind: AtomicU8,
+    pub(crate) lock: SpinLock,
+    /// Tables deposited on slots of this PMD table: (slot index, PTE table frame), FIFO.
+    pub(crate) deposit: Mutex<Vec<(u16, u64)>>,
+}
+
+struct Bitmap {
+    words: Vec<u64>,
+    hint: usize,
+}
+
+/// The arena.
+pub(crate) struct Frames {
+    mem: Box<[PmdSlot]>,
+    desc: Box<[FrameDesc]>,
+    alloc: Mutex<Bitmap>,
+    free: AtomicUsize,
+    nframes: usize,
+    pub(crate) audit: Audit,
+}
+
+impl Frames {
+    pub(crate) fn new(nframes: usize) -> Frames {
+        let mem = (0..nframes * ENTRIES).map(|_| PmdSlot::default()).collect();
+        let desc: Box<[FrameDesc]> = (0..nframes).map(|_| FrameDesc::default()).collect();
+        let mut words = std::vec![0u64; nframes.div_ceil(64)];
+        // Frame 0 is reserved; bits past the end are marked used.
+        words[0] |= 1;
+        for pfn in nframes..words.len() * 64 {
+            words[pfn / 64] |= 1 << (pfn % 64);
+        }
+        desc[0].kind.store(FrameKind::Reserved as u8, Ordering::Relaxed);
+        Frames {
+            mem,
+            desc,
+            alloc: Mutex::new(Bitmap { words, hint: 0 }),
+            free: AtomicUsize::new(nframes - 1),
+            nframes,
+            audit: Audit::default(),
+        }
+    }
+
+    pub(crate) fn nframes(&self) -> usize {
+        self.nframes
+    }
+
+    pub(crate) fn free_count(&self) -> usize {
+        self.free.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn cell(&self, pfn: u64, index: usize) -> &PmdSlot {
+        &self.mem[pfn as usize * ENTRIES + index % ENTRIES]
+    }
+
+    pub(crate) fn desc(&self, pfn: u64) -> &FrameDesc {
+        &self.desc[pfn as usize]
+    }
+
+    pub(crate) fn kind(&self, pfn: u64) -> FrameKind {
+        FrameKind::from_u8(self.desc[pfn as usize].kind.load(Ordering::Acquire))
+    }
+
+    /// Frame and index of a cell of this arena, or `None` for a cell elsewhere.
+    pub(crate) fn locate(&self, slot: &PmdSlot) -> Option<(u64, usize)> {
+        let base = self.mem.as_ptr() as usize;
+        let at = slot as *const PmdSlot as usize;
+        let cell = at.checked_sub(base)? / core::mem::size_of::<PmdSlot>();
+        (cell < self.mem.len()).then_some(((cell / ENTRIES) as u64, cell % ENTRIES))
+    }
+
+    fn lock_alloc(&self) -> std::sync::MutexGuard<'_, Bitmap> {
+        self.alloc.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Allocates `n` frames of `kind`, all or none. Table frames are zeroed.
+    pub(crate) fn alloc_n(&self, n: usize, kind: FrameKind) -> Result<Vec<u64>, Error> {
+        let mut got = Vec::with_capacity(n);
+        {
+            let mut bm = self.lock_alloc();
+            let free = self.free.load(Ordering::Relaxed);
+            if free < n {
+                return Err(Error::OutOfFrames { needed: n, free });
+            }
+            let words = bm.words.len();
+            let mut w = bm.hint;
+            while got.len() < n {
+                let word = bm.words[w];
+                if word != u64::MAX {
+                    let bit = (!word).trailing_zeros() as usize;
+                    bm.words[w] |= 1 << bit;
+                    got.push((w * 64 + bit) as u64);
+                } else {
+                    w = (w + 1) % words;
+                }
+            }
+            bm.hint = w;
+            self.free.fetch_sub(n, Ordering::Relaxed);
+        }
+        for &pfn in &got {
+            self.prepare(pfn, kind);
+        }
+        Ok(got)
+    }
+
+    /// Allocates 512 contiguous, 512-aligned frames for a huge page.
+    pub(crate) fn alloc_huge(&self) -> Result<u64, Error> {
+        let start = {
+            let mut bm = self.lock_alloc();
+            let free = self.free.load(Ordering::Relaxed);
+            let run = (0..bm.words.len() / 8).find(|&i| bm.words[i * 8..i * 8 + 8] == [0; 8]);
+            let Some(i) = run else {
+                return Err(Error::OutOfFrames {
+                    needed: ENTRIES,
+                    free,
+                });
+            };
+            for w in &mut bm.words[i * 8..i * 8 + 8] {
+                *w = u64::MAX;
+            }
+            self.free.fetch_sub(ENTRIES, Ordering::Relaxed);
+            (i * ENTRIES) as u64
+        };
+        for pfn in start..start + ENTRIES as u64 {
+            self.prepare(pfn, FrameKind::Data);
+        }
+        Ok(start)
+    }
+
+    fn prepare(&self, pfn: u64, kind: FrameKind) {
+        if kind != FrameKind::Data {
+            for i in 0..ENTRIES {
+                self.cell(pfn, i).0.store(0, Ordering::Relaxed);
+            }
+        }
+        self.desc(pfn).kind.store(kind as u8, Ordering::Release);
+    }
+
+    /// Frees one frame now: new generation, poison, back to the allocator.
+    pub(crate) fn free(&self, pfn: u64) {
+        if pfn == 0 || pfn as usize >= self.nframes || self.kind(pfn) == FrameKind::Free {
+            debug_assert!(false, "double or bogus free of frame {pfn:#x}");
+            return;
+        }
+        let d = self.desc(pfn);
+        d.generation.fetch_add(1, Ordering::AcqRel);
+        for i in 0..ENTRIES {
+            self.cell(pfn, i).0.store(POISON, Ordering::Release);
+        }
+        d.deposit.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        d.kind.store(FrameKind::Free as u8, Ordering::Release);
+        let mut bm = self.lock_alloc();
+        bm.words[pfn as usize / 64] &= !(1 << (pfn % 64));
+        self.free.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Frees a huge page's 512 frames.
+    pub(crate) fn free_huge(&self, start: u64) {
+        for pfn in start..start + ENTRIES as u64 {
+            self.free(pfn);
+        }
+    }
+}
+
+impl Frames {
+    /// Re-labels a frame taken from a reservation made for another kind.
+    pub(crate) fn set_kind(&self, pfn: u64, kind: FrameKind) {
+        self.desc(pfn).kind.store(kind as u8, Ordering::Release);
+    }
+}

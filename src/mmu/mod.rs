@@ -1,0 +1,212 @@
+//! An in-memory x86-64 MMU: the default backend, and a place to test mm code on the host.
+//!
+//! # The model
+//!
+//! Physical memory is an arena of 4 KiB frames addressed by PFN (frame 0 is reserved). Page
+//! tables are 4-level x86-64 (PGD → PUD → PMD → PTE) with entries in `AtomicU64`s. Each frame
+//! has a descriptor with its split lock and a generation counter: the lock of a PMD table is
+//! the *PMD lock* of its slots, the lock of a PTE table is that table's *PTE lock*, and both
+//! live as long as the MMU, so a lock always outlives the grace period of its table.
+//!
+//! Stability locks are token types: [`Mmu::mmap_read_lock`] returns an [`MmapReadGuard`] whose
+//! walks ([`MmapReadGuard::pmd_offset`]) yield `InTable` pmd references that borrow it.
+//! Lockless walks ([`Mmu::pmd_copy_lockless`]) run inside an RCU read section of the MMU's own
+//! [`EpochRcu`] domain and yield `CopiedUnderRcu<'g>` copies. Removers take the PMD lock, then
+//! the PTE lock, detach the table and free it after a grace period.
+//!
+//! # The audit
+//!
+//! Every free gives the frame a new generation and fills it with poison. Every pmd read records
+//! the generation of the table it names; every map, read and write through a map checks it. A
+//! mismatch is a page-table use-after-free: counted and reported by [`Mmu::audit`] with the
+//! frame, the generations and the operation. Through the typed API the count stays zero; the
+//! `unsafe` [`pte_offset_map_unprotected`](crate::provenance::pte_offset_map_unprotected) path
+//! shows that it fires.
+//!
+//! # Operations
+//!
+//! [`Mmu::map_page`], [`Mmu::unmap_page`], [`Mmu::map_huge`], [`Mmu::unmap_huge`],
+//! [`Mmu::translate`] and [`Mmu::retract_pte_table`], each written through the typed API and
+//! each returning a typed [`Error`] that leaves the MMU unchanged.
+
+mod audit;
+mod backend;
+mod entry;
+mod frames;
+mod ops;
+mod spin;
+mod stability;
+
+pub use audit::{Audit, Violation};
+pub use entry::{
+    classify_pmd, huge_entry, migration_entry, table_entry, PmdKind, PmdVal, Pte, TableRef,
+    ACCESSED, ADDR_MASK, DIRTY, HUGE, MIGRATION_TYPE, POISON, PRESENT, RESERVED, RW, USER,
+};
+pub use frames::{FrameKind, PmdSlot, ENTRIES};
+pub use ops::{MmuDump, MmuStats};
+pub use stability::{MmapReadGuard, MmapWriteGuard};
+
+use crate::error::Error;
+use crate::rcu::{EpochRcu, RcuDomain, RcuGuard};
+use frames::Frames;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Size of a base page.
+pub const PAGE_SIZE: u64 = 1 << 12;
+/// Size of the range one PTE table (one pmd) covers.
+pub const PMD_SIZE: u64 = 1 << 21;
+/// One past the highest canonical lower-half address of 4-level paging.
+pub const VA_LIMIT_MAX: u64 = 1 << 47;
+
+/// How to build an [`Mmu`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmuConfig {
+    /// Number of 4 KiB frames of physical memory (at least 16, at most 2^26).
+    pub frames: usize,
+    /// One past the highest usable virtual address (a multiple of 2 MiB, at most 2^47).
+    pub va_limit: u64,
+}
+
+impl Default for MmuConfig {
+    /// 16,384 frames (64 MiB) and the whole lower half of the 48-bit space.
+    fn default() -> Self {
+        MmuConfig {
+            frames: 16 * 1024,
+            va_limit: VA_LIMIT_MAX,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) tables_installed: AtomicU64,
+    pub(crate) tables_freed_now: AtomicU64,
+    pub(crate) tables_freed_deferred: AtomicU64,
+    pub(crate) retracts: AtomicU64,
+}
+
+/// The in-memory MMU.
+///
+/// ```
+/// use typed_pgtable::mmu::{Mmu, MmuConfig};
+///
+/// let mmu = Mmu::new(MmuConfig { frames: 1024, va_limit: 1 << 30 })?;
+/// let pfn = mmu.map_page(0x1234_5000)?;
+/// assert_eq!(mmu.translate(0x1234_5678)?, Some((pfn << 12) | 0x678));
+/// assert!(mmu.map_page(0x1234_5000).is_err()); // already mapped
+/// mmu.unmap_page(0x1234_5000)?;
+/// assert_eq!(mmu.translate(0x1234_5678)?, None);
+/// # Ok::<(), typed_pgtable::Error>(())
+/// ```
+///
+/// # Invariants
+/// `root` is the PGD frame, allocated at creation and never freed. Upper-level tables (PUD,
+/// PMD) are installed under `page_table_lock` and never freed while the MMU lives; PTE tables
+/// are installed under the PMD lock and removed under the PMD and PTE locks.
+pub struct Mmu {
+    pub(crate) frames: Arc<Frames>,
+    pub(crate) rcu: EpochRcu,
+    pub(crate) root: u64,
+    pub(crate) cfg: MmuConfig,
+    pub(crate) mmap_lock: RwLock<()>,
+    pub(crate) page_table_lock: Mutex<()>,
+    pub(crate) counters: Counters,
+}
+
+impl Mmu {
+    /// Builds an MMU with empty page tables.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an unusable size or limit.
+    pub fn new(cfg: MmuConfig) -> Result<Mmu, Error> {
+        if cfg.frames < 16 {
+            return Err(Error::InvalidConfig {
+                reason: "at least 16 frames are needed",
+            });
+        }
+        if cfg.frames > 1 << 26 {
+            return Err(Error::InvalidConfig {
+                reason: "at most 2^26 frames (256 GiB) are supported",
+            });
+        }
+        if cfg.va_limit == 0 || cfg.va_limit % PMD_SIZE != 0 || cfg.va_limit > VA_LIMIT_MAX {
+            return Err(Error::InvalidConfig {
+                reason: "va_limit must be a non-zero multiple of 2 MiB, at most 2^47",
+            });
+        }
+        let frames = Arc::new(Frames::new(cfg.frames));
+        let root = frames.alloc_n(1, FrameKind::Pgd)?[0];
+        Ok(Mmu {
+            frames,
+            rcu: EpochRcu::new(),
+            root,
+            cfg,
+            mmap_lock: RwLock::new(()),
+            page_table_lock: Mutex::new(()),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> MmuConfig {
+        self.cfg
+    }
+
+    /// The RCU domain that protects this MMU's page tables.
+    pub fn rcu(&self) -> &EpochRcu {
+        &self.rcu
+    }
+
+    /// Opens a read section of this MMU's RCU domain (`rcu_read_lock`).
+    pub fn rcu_read_lock(&self) -> RcuGuard<'_, EpochRcu> {
+        self.rcu.read_lock()
+    }
+
+    /// Waits until every deferred free queued so far has run (`rcu_barrier`). Must not be
+    /// called inside a read section of this MMU.
+    pub fn rcu_barrier(&self) {
+        self.rcu.rcu_barrier()
+    }
+
+    /// The use-after-free audit.
+    pub fn audit(&self) -> &Audit {
+        &self.frames.audit
+    }
+
+    /// Frames currently free.
+    pub fn free_frames(&self) -> usize {
+        self.frames.free_count()
+    }
+
+    /// What a frame is used for, or `None` for a PFN outside physical memory.
+    pub fn frame_kind(&self, pfn: u64) -> Option<FrameKind> {
+        (pfn < self.frames.nframes() as u64).then(|| self.frames.kind(pfn))
+    }
+
+    /// Allocates a data frame (for callers that build tables by hand).
+    ///
+    /// # Errors
+    /// [`Error::OutOfFrames`].
+    pub fn alloc_data_frame(&self) -> Result<u64, Error> {
+        Ok(self.frames.alloc_n(1, FrameKind::Data)?[0])
+    }
+}
+
+impl Drop for Mmu {
+    fn drop(&mut self) {
+        // Let deferred frees run while the frames are certainly alive (they hold an `Arc`
+        // anyway, so this is about prompt accounting, not safety).
+        self.rcu.rcu_barrier();
+    }
+}
+
+impl core::fmt::Debug for Mmu {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Mmu")
+            .field("config", &self.cfg)
+            .field("free_frames", &self.free_frames())
+            .field("violations", &self.audit().violations())
+            .finish()
+    }
+}

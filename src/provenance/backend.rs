@@ -1,0 +1,188 @@
+//! The backend trait: what the provenance layer needs from a page-table implementation.
+
+use crate::error::{Error, NoMap};
+use crate::rcu::RcuDomain;
+use core::fmt::Debug;
+
+/// Which map operation touches a table; passed to the backend so that an audit can name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MapKind {
+    /// `pte_offset_map`.
+    Map,
+    /// `pte_offset_map_lock`.
+    MapLock,
+    /// `pte_offset_map_ro_nolock`.
+    RoNolock,
+    /// `pte_offset_map_rw_nolock`.
+    RwNolock,
+    /// A writable map of a detached table the caller owns.
+    Owned,
+    /// The `unsafe` unprotected path.
+    Unprotected,
+}
+
+impl MapKind {
+    /// The kernel name of the operation.
+    pub fn name(self) -> &'static str {
+        match self {
+            MapKind::Map => "pte_offset_map",
+            MapKind::MapLock => "pte_offset_map_lock",
+            MapKind::RoNolock => "pte_offset_map_ro_nolock",
+            MapKind::RwNolock => "pte_offset_map_rw_nolock",
+            MapKind::Owned => "pte_offset_map(detached)",
+            MapKind::Unprotected => "pte_offset_map_unprotected",
+        }
+    }
+}
+
+/// A page-table implementation the provenance layer can drive.
+///
+/// The provenance layer knows nothing of memory layout, entry encoding, locks or RCU; it asks
+/// the backend. The in-memory [`Mmu`](crate::mmu::Mmu) is one backend; a kernel-like project
+/// implements this trait for its own page tables, RCU and split locks.
+///
+/// The `unsafe fn`s take a [`Table`](Self::Table) handle whose memory is valid only while the
+/// caller holds a protection proof. The provenance layer calls them only with such a proof; a
+/// backend may assume it.
+///
+/// # Safety
+///
+/// Implementors promise:
+///
+/// 1. **RCU covers tables.** A PTE table reachable from a slot is freed only through
+///    [`pte_free_defer`](Self::pte_free_defer) (after a grace period of [`rcu`](Self::rcu)) or
+///    through an exclusive path no walker can race with; the table's memory **and its lock**
+///    stay valid until then.
+/// 2. **Removal takes both locks.** A slot that names a PTE table is cleared or replaced only
+///    while its PMD lock and the table's PTE lock are held (or under exclusivity), so that
+///    `pmd_same` under the PTE lock proves the table is still installed.
+/// 3. **Publication after fill.** [`pmd_populate`](Self::pmd_populate) makes every earlier
+///    write to the table visible to a reader that sees the new slot value.
+/// 4. **Classification never misleads.** [`pmd_table`](Self::pmd_table) returns a table only
+///    for a value that names a PTE table of this backend.
+pub unsafe trait PgtableBackend: Sync {
+    /// The RCU domain that protects this backend's PTE tables.
+    type Rcu: RcuDomain;
+    /// A pmd slot inside a PMD table.
+    type PmdSlot: Sync;
+    /// A pmd value read from a slot (`pmd_t`), with whatever the backend needs to know of it.
+    type PmdSnapshot: Copy + Debug;
+    /// A handle naming one PTE table.
+    type Table: Copy + Debug;
+    /// A PTE value (`pte_t`).
+    type Pte: Copy + Debug + PartialEq;
+
+    /// The RCU domain.
+    fn rcu(&self) -> &Self::Rcu;
+
+    /// Reads a slot once (`pmdp_get_lockless`).
+    fn pmdp_get_lockless(&self, slot: &Self::PmdSlot) -> Self::PmdSnapshot;
+
+    /// Compares two pmd values (`pmd_same`): raw bits only.
+    fn pmd_same(&self, a: &Self::PmdSnapshot, b: &Self::PmdSnapshot) -> bool;
+
+    /// Classifies a pmd value: the PTE table it names, or why it names none.
+    fn pmd_table(&self, pmd: &Self::PmdSnapshot) -> Result<Self::Table, NoMap>;
+
+    /// The pmd value that names `table` (`pmd_populate` on a local copy).
+    fn pmd_of_table(&self, table: &Self::Table) -> Self::PmdSnapshot;
+
+    /// Index of the PTE for `addr` inside its table (`pte_index`).
+    fn pte_index(&self, addr: u64) -> usize;
+
+    /// Number of PTEs in a table (`PTRS_PER_PTE`).
+    fn ptrs_per_pte(&self) -> usize;
+
+    /// Called once when a table is mapped (`__pte_map`), before any access through the map.
+    ///
+    /// # Safety
+    /// `table` is protected (see the trait docs) for as long as the map lives, unless `kind` is
+    /// [`MapKind::Unprotected`].
+    unsafe fn pte_map(&self, table: &Self::Table, kind: MapKind);
+
+    /// Reads one PTE (`ptep_get`).
+    ///
+    /// # Safety
+    /// `table` is protected; `index < ptrs_per_pte()`.
+    unsafe fn ptep_get(&self, table: &Self::Table, index: usize, kind: MapKind) -> Self::Pte;
+
+    /// Writes one PTE (`set_pte`).
+    ///
+    /// # Safety
+    /// `table` is protected and the caller holds its PTE lock with the table proven installed,
+    /// or owns the table; `index < ptrs_per_pte()`.
+    unsafe fn set_pte(&self, table: &Self::Table, index: usize, pte: Self::Pte, kind: MapKind);
+
+    /// Clears one PTE and returns the old value (`ptep_get_and_clear`).
+    ///
+    /// # Safety
+    /// As [`set_pte`](Self::set_pte).
+    unsafe fn ptep_get_and_clear(
+        &self,
+        table: &Self::Table,
+        index: usize,
+        kind: MapKind,
+    ) -> Self::Pte;
+
+    /// Takes the table's PTE lock (`spin_lock(pte_lockptr())`).
+    ///
+    /// # Safety
+    /// `table` is protected (its lock lives as long as its memory).
+    unsafe fn pte_lock(&self, table: &Self::Table);
+
+    /// Releases the table's PTE lock.
+    ///
+    /// # Safety
+    /// The caller holds it.
+    unsafe fn pte_unlock(&self, table: &Self::Table);
+
+    /// Takes the PMD lock of the table that holds `slot` (`pmd_lock`).
+    fn pmd_lock(&self, slot: &Self::PmdSlot);
+
+    /// Releases the PMD lock of `slot`.
+    ///
+    /// # Safety
+    /// The caller holds it.
+    unsafe fn pmd_unlock(&self, slot: &Self::PmdSlot);
+
+    /// Installs `table` in the empty `slot` (`pmd_populate`), with release ordering.
+    ///
+    /// # Safety
+    /// The caller holds the slot's PMD lock, the slot is none, and the caller owns `table`.
+    unsafe fn pmd_populate(&self, slot: &Self::PmdSlot, table: &Self::Table);
+
+    /// Clears a slot that names a PTE table and flushes the TLB for it (`pmdp_collapse_flush`);
+    /// returns the old value.
+    ///
+    /// # Safety
+    /// The caller holds the slot's PMD lock and the PTE lock of the table it names.
+    unsafe fn pmdp_collapse_flush(&self, slot: &Self::PmdSlot) -> Self::PmdSnapshot;
+
+    /// Parks a table on the slot (`pgtable_trans_huge_deposit`).
+    ///
+    /// # Safety
+    /// The caller holds the slot's PMD lock and owns `table`, which no walker can reach.
+    unsafe fn pgtable_trans_huge_deposit(&self, slot: &Self::PmdSlot, table: &Self::Table);
+
+    /// Takes a parked table back (`pgtable_trans_huge_withdraw`).
+    ///
+    /// # Safety
+    /// The caller holds the slot's PMD lock.
+    unsafe fn pgtable_trans_huge_withdraw(&self, slot: &Self::PmdSlot) -> Option<Self::Table>;
+
+    /// Allocates a zeroed, unpublished PTE table with an initialised lock (`pte_alloc_one`).
+    fn pte_alloc_one(&self) -> Result<Self::Table, Error>;
+
+    /// Frees a table at once (`pte_free`).
+    ///
+    /// # Safety
+    /// No walker can hold or reach `table`, and the caller owns it.
+    unsafe fn pte_free(&self, table: &Self::Table);
+
+    /// Frees a table after a grace period of [`rcu`](Self::rcu) (`pte_free_defer`).
+    ///
+    /// # Safety
+    /// `table` is unreachable from every slot and the caller owns it.
+    unsafe fn pte_free_defer(&self, table: &Self::Table);
+}
