@@ -1,8 +1,8 @@
 //! The in-memory MMU as a [`PgtableBackend`].
 
+use super::Mmu;
 use super::entry::{PmdKind, PmdVal, Pte, TableRef, classify_pmd, table_entry};
 use super::frames::{ENTRIES, FrameKind, PmdSlot};
-use super::Mmu;
 use crate::error::{Error, NoMap};
 use crate::provenance::{
     CopiedUnderRcu, Detached, InTable, MapKind, PgtableBackend, PmdRef, Unprotected,
@@ -18,7 +18,11 @@ impl Mmu {
             PmdKind::Table(pfn) => self.frames.desc(pfn).generation.load(Ordering::Acquire),
             _ => 0,
         };
-        PmdVal { raw, generation, frames }
+        PmdVal {
+            raw,
+            generation,
+            frames,
+        }
     }
 
     fn slot_frame(&self, slot: &PmdSlot) -> u64 {
@@ -31,7 +35,9 @@ impl Mmu {
 
     fn check(&self, t: &TableRef, kind: MapKind, access: &'static str) {
         let found = self.frames.desc(t.pfn).generation.load(Ordering::Acquire);
-        self.frames.audit.check(t.pfn, t.generation, found, kind.name(), access);
+        self.frames
+            .audit
+            .check(t.pfn, t.generation, found, kind.name(), access);
     }
 }
 
@@ -63,7 +69,10 @@ unsafe impl PgtableBackend for Mmu {
 
     fn pmd_table(&self, pmd: &PmdVal) -> Result<TableRef, NoMap> {
         match pmd.kind() {
-            PmdKind::Table(pfn) => Ok(TableRef { pfn, generation: pmd.generation }),
+            PmdKind::Table(pfn) => Ok(TableRef {
+                pfn,
+                generation: pmd.generation,
+            }),
             PmdKind::None => Err(NoMap::None),
             PmdKind::Migration => Err(NoMap::Migration),
             PmdKind::NotPresent => Err(NoMap::NotPresent),
@@ -107,7 +116,11 @@ unsafe impl PgtableBackend for Mmu {
     }
 
     unsafe fn ptep_get_and_clear(&self, table: &TableRef, index: usize, kind: MapKind) -> Pte {
-        let v = self.frames.cell(table.pfn, index).0.swap(0, Ordering::AcqRel);
+        let v = self
+            .frames
+            .cell(table.pfn, index)
+            .0
+            .swap(0, Ordering::AcqRel);
         self.check(table, kind, "write");
         Pte::from_raw(v)
     }
@@ -132,7 +145,9 @@ unsafe impl PgtableBackend for Mmu {
         // The release store orders every write to the table (and its lock's init) before the
         // entry that publishes it (`smp_wmb(); pmd_populate()`).
         slot.0.store(table_entry(table.pfn), Ordering::Release);
-        self.counters.tables_installed.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .tables_installed
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     unsafe fn pmdp_collapse_flush(&self, slot: &PmdSlot) -> PmdVal {
@@ -143,18 +158,31 @@ unsafe impl PgtableBackend for Mmu {
 
     unsafe fn pgtable_trans_huge_deposit(&self, slot: &PmdSlot, table: &TableRef) {
         if let Some((pfn, index)) = self.frames.locate(slot) {
-            let mut dep = self.frames.desc(pfn).deposit.lock().unwrap_or_else(|e| e.into_inner());
+            let mut dep = self
+                .frames
+                .desc(pfn)
+                .deposit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             dep.push((index as u16, table.pfn));
         }
     }
 
     unsafe fn pgtable_trans_huge_withdraw(&self, slot: &PmdSlot) -> Option<TableRef> {
         let (pfn, index) = self.frames.locate(slot)?;
-        let mut dep = self.frames.desc(pfn).deposit.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dep = self
+            .frames
+            .desc(pfn)
+            .deposit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let at = dep.iter().position(|&(i, _)| i as usize == index)?;
         let (_, table) = dep.remove(at);
         let generation = self.frames.desc(table).generation.load(Ordering::Acquire);
-        Some(TableRef { pfn: table, generation })
+        Some(TableRef {
+            pfn: table,
+            generation,
+        })
     }
 
     fn pte_alloc_one(&self) -> Result<TableRef, Error> {
@@ -164,12 +192,16 @@ unsafe impl PgtableBackend for Mmu {
     }
 
     unsafe fn pte_free(&self, table: &TableRef) {
-        self.counters.tables_freed_now.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .tables_freed_now
+            .fetch_add(1, Ordering::Relaxed);
         self.frames.free(table.pfn);
     }
 
     unsafe fn pte_free_defer(&self, table: &TableRef) {
-        self.counters.tables_freed_deferred.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .tables_freed_deferred
+            .fetch_add(1, Ordering::Relaxed);
         let frames = self.frames.clone();
         let pfn = table.pfn;
         self.rcu.call_rcu(Box::new(move || frames.free(pfn)));

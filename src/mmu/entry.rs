@@ -201,7 +201,13 @@ impl PmdVal {
 
 impl fmt::Debug for PmdVal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PmdVal({:#x}, {:?}, generation {})", self.raw, self.kind(), self.generation)
+        write!(
+            f,
+            "PmdVal({:#x}, {:?}, generation {})",
+            self.raw,
+            self.kind(),
+            self.generation
+        )
     }
 }
 

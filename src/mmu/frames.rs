@@ -94,7 +94,9 @@ impl Frames {
         for pfn in nframes..words.len() * 64 {
             words[pfn / 64] |= 1 << (pfn % 64);
         }
-        desc[0].kind.store(FrameKind::Reserved as u8, Ordering::Relaxed);
+        desc[0]
+            .kind
+            .store(FrameKind::Reserved as u8, Ordering::Relaxed);
         Frames {
             mem,
             desc,

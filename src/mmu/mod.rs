@@ -39,10 +39,10 @@ mod stability;
 
 pub use audit::{Audit, Violation};
 pub use entry::{
-    classify_pmd, huge_entry, migration_entry, table_entry, PmdKind, PmdVal, Pte, TableRef,
-    ACCESSED, ADDR_MASK, DIRTY, HUGE, MIGRATION_TYPE, POISON, PRESENT, RESERVED, RW, USER,
+    ACCESSED, ADDR_MASK, DIRTY, HUGE, MIGRATION_TYPE, POISON, PRESENT, PmdKind, PmdVal, Pte,
+    RESERVED, RW, TableRef, USER, classify_pmd, huge_entry, migration_entry, table_entry,
 };
-pub use frames::{FrameKind, PmdSlot, ENTRIES};
+pub use frames::{ENTRIES, FrameKind, PmdSlot};
 pub use ops::{MmuDump, MmuStats};
 pub use stability::{MmapReadGuard, MmapWriteGuard};
 

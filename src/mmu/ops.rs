@@ -1,12 +1,12 @@
 //! The operations of this MMU, each written through the typed API.
 
-use super::entry::{huge_entry, PmdKind, Pte};
-use super::frames::{FrameKind, ENTRIES};
+use super::entry::{PmdKind, Pte, huge_entry};
+use super::frames::{ENTRIES, FrameKind};
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
 use crate::error::{Error, NoMap};
 use crate::provenance::{
-    pmd_lock, pmdp_collapse_flush, pte_offset_map, pte_offset_map_lock, CopiedUnderRcu,
-    DetachedPmd, InTable, PgtableBackend, PmdLockGuard, PmdRef, Unprotected,
+    CopiedUnderRcu, DetachedPmd, InTable, PgtableBackend, PmdLockGuard, PmdRef, Unprotected,
+    pmd_lock, pmdp_collapse_flush, pte_offset_map, pte_offset_map_lock,
 };
 use crate::rcu::{EpochRcu, RcuGuard};
 use std::boxed::Box;
@@ -108,7 +108,10 @@ impl Mmu {
         let Ok(map) = pte_offset_map(&pmd, va) else {
             return Ok(None);
         };
-        Ok(map.ptep_get(va).pfn().map(|pfn| (pfn << 12) | (va & (PAGE_SIZE - 1))))
+        Ok(map
+            .ptep_get(va)
+            .pfn()
+            .map(|pfn| (pfn << 12) | (va & (PAGE_SIZE - 1))))
     }
 
     /// Maps a new data frame at the 4 KiB page `va`, like an anonymous fault: under the mmap
@@ -181,14 +184,24 @@ impl Mmu {
 
     /// `__pte_alloc`: a fresh zeroed table, published under the PMD lock if the slot is still
     /// empty, freed at once otherwise (it was never visible).
-    fn pte_alloc(&self, pmd: &PmdRef<'_, Mmu, InTable>, reserve: &mut Vec<u64>) -> Result<(), Error> {
+    fn pte_alloc(
+        &self,
+        pmd: &PmdRef<'_, Mmu, InTable>,
+        reserve: &mut Vec<u64>,
+    ) -> Result<(), Error> {
         let table = match reserve.pop() {
             Some(pfn) => {
                 self.frames.set_kind(pfn, FrameKind::Pte);
                 // SAFETY: a reserved frame is zeroed, owned by us and reachable by no one.
-                match unsafe { DetachedPmd::from_pmd(self, self.pmd_of_table(&self.table_ref(pfn))) } {
+                match unsafe {
+                    DetachedPmd::from_pmd(self, self.pmd_of_table(&self.table_ref(pfn)))
+                } {
                     Ok(t) => t,
-                    Err(_) => return Err(Error::InvalidConfig { reason: "reserved frame is not a table" }),
+                    Err(_) => {
+                        return Err(Error::InvalidConfig {
+                            reason: "reserved frame is not a table",
+                        });
+                    }
                 }
             }
             None => DetachedPmd::pte_alloc_one(self)?,
@@ -263,7 +276,9 @@ impl Mmu {
             Some(PmdKind::Huge(_)) => return Err(Error::AlreadyMapped { addr: va }),
             Some(_) => return Err(Error::TableInTheWay { addr: va }),
         }
-        let mut reserve = self.frames.alloc_n(self.missing_upper(va) + 1, FrameKind::Pte)?;
+        let mut reserve = self
+            .frames
+            .alloc_n(self.missing_upper(va) + 1, FrameKind::Pte)?;
         let data = match self.frames.alloc_huge() {
             Ok(d) => d,
             Err(e) => {
@@ -306,8 +321,11 @@ impl Mmu {
         }
         self.frames.set_kind(deposit, FrameKind::Pte);
         // SAFETY: a reserved frame is zeroed, owned by us and reachable by no one.
-        let table = unsafe { DetachedPmd::from_pmd(self, self.pmd_of_table(&self.table_ref(deposit))) }
-            .map_err(|_| Error::InvalidConfig { reason: "reserved frame is not a table" })?;
+        let table =
+            unsafe { DetachedPmd::from_pmd(self, self.pmd_of_table(&self.table_ref(deposit))) }
+                .map_err(|_| Error::InvalidConfig {
+                    reason: "reserved frame is not a table",
+                })?;
         if let Err(r) = table.pgtable_trans_huge_deposit(&pml) {
             r.value.pte_free();
             return Err(r.error);
@@ -400,7 +418,12 @@ impl Mmu {
         deposits: &mut Vec<(u64, u16, u64)>,
     ) {
         if level == 2 {
-            let dep = self.frames.desc(pfn).deposit.lock().unwrap_or_else(|e| e.into_inner());
+            let dep = self
+                .frames
+                .desc(pfn)
+                .deposit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             deposits.extend(dep.iter().map(|&(i, t)| (pfn, i, t)));
         }
         for i in 0..ENTRIES {
@@ -436,4 +459,3 @@ impl<'m> super::MmapReadGuard<'m> {
         Ok(unsafe { PmdRef::from_slot(self.mmu(), slot) })
     }
 }
-

@@ -34,5 +34,4 @@ impl SpinLock {
     pub(crate) fn unlock(&self) {
         self.locked.store(false, Ordering::Release);
     }
-
 }

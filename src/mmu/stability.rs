@@ -5,8 +5,8 @@
 //! ends every use of a slot before the lock is released, and a token of one MMU can only walk
 //! that MMU.
 
-use super::entry::{classify_pmd, table_entry, PmdKind};
-use super::frames::{FrameKind, PmdSlot, ENTRIES};
+use super::entry::{PmdKind, classify_pmd, table_entry};
+use super::frames::{ENTRIES, FrameKind, PmdSlot};
 use super::{Mmu, PAGE_SIZE};
 use crate::error::Error;
 use crate::provenance::{InTable, PmdRef};
@@ -39,7 +39,11 @@ impl Mmu {
 
     /// The table one level down from `table`'s entry for `va`, if present.
     fn next_table(&self, table: u64, level: u32, va: u64) -> Option<u64> {
-        let raw = self.frames.cell(table, index(va, level)).0.load(Ordering::Acquire);
+        let raw = self
+            .frames
+            .cell(table, index(va, level))
+            .0
+            .load(Ordering::Acquire);
         match classify_pmd(raw, self.frames.nframes() as u64) {
             PmdKind::Table(pfn) => Some(pfn),
             _ => None,
@@ -74,9 +78,13 @@ impl Mmu {
             table = match self.next_table(table, level, va) {
                 Some(next) => next,
                 None => {
-                    let _ptl = self.page_table_lock.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ptl = self
+                        .page_table_lock
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
                     let slot = self.frames.cell(table, index(va, level));
-                    match classify_pmd(slot.0.load(Ordering::Acquire), self.frames.nframes() as u64) {
+                    match classify_pmd(slot.0.load(Ordering::Acquire), self.frames.nframes() as u64)
+                    {
                         PmdKind::Table(next) => next,
                         _ => {
                             let new = match reserve.pop() {

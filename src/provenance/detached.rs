@@ -174,7 +174,10 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
     ///
     /// # Errors
     /// Hands the table back with [`Error::WrongMmu`] if the lock belongs to another backend.
-    pub fn pgtable_trans_huge_deposit(self, pml: &PmdLockGuard<'_, B>) -> Result<(), Rejected<Self>> {
+    pub fn pgtable_trans_huge_deposit(
+        self,
+        pml: &PmdLockGuard<'_, B>,
+    ) -> Result<(), Rejected<Self>> {
         if !core::ptr::eq(self.backend, pml.backend()) {
             return Err(Rejected {
                 error: Error::WrongMmu,

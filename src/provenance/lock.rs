@@ -3,9 +3,7 @@
 
 use super::backend::{MapKind, PgtableBackend};
 use super::map::PteMap;
-use super::marker::{
-    Access, Attached, CanWrite, InTable, ProvesProtection, ReadOnly, Unverified,
-};
+use super::marker::{Access, Attached, CanWrite, InTable, ProvesProtection, ReadOnly, Unverified};
 use super::pmd::PmdRef;
 use crate::error::{Error, NoMap, Rejected};
 use core::fmt;

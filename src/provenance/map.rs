@@ -1,7 +1,7 @@
 //! Lockless PTE maps: `pte_offset_map` and the unprotected escape hatch.
 
 use super::backend::{MapKind, PgtableBackend};
-use super::marker::{ProvesProtection, Provenance, Unprotected};
+use super::marker::{Provenance, ProvesProtection, Unprotected};
 use super::pmd::PmdRef;
 use crate::error::NoMap;
 use crate::rcu::{RcuDomain, RcuGuard};
@@ -120,7 +120,10 @@ impl<'a, B: PgtableBackend> PteMap<'a, B> {
     pub(crate) fn clear_index(&self, index: usize) -> B::Pte {
         let index = index % self.backend.ptrs_per_pte();
         // SAFETY: as `set_index`.
-        unsafe { self.backend.ptep_get_and_clear(&self.table, index, self.kind) }
+        unsafe {
+            self.backend
+                .ptep_get_and_clear(&self.table, index, self.kind)
+        }
     }
 }
 

@@ -66,12 +66,17 @@ pub trait Provenance: sealed::Sealed + Sized {
     /// Reads the pmd value once. For `InTable` this reads the live slot; call it only after the
     /// RCU section that protects the result is open.
     #[doc(hidden)]
-    fn read<'a, B: PgtableBackend + 'a>(backend: &'a B, src: &Self::Source<'a, B>) -> B::PmdSnapshot;
+    fn read<'a, B: PgtableBackend + 'a>(
+        backend: &'a B,
+        src: &Self::Source<'a, B>,
+    ) -> B::PmdSnapshot;
 
     /// The live slot that `pte_offset_map_lock` rechecks with `pmd_same`, if this provenance
     /// has one whose recheck proves attachment.
     #[doc(hidden)]
-    fn recheck_slot<'a, B: PgtableBackend + 'a>(src: &Self::Source<'a, B>) -> Option<&'a B::PmdSlot>;
+    fn recheck_slot<'a, B: PgtableBackend + 'a>(
+        src: &Self::Source<'a, B>,
+    ) -> Option<&'a B::PmdSlot>;
 }
 
 /// A provenance that proves the PTE table cannot be freed while it is mapped.

@@ -55,19 +55,19 @@ mod marker;
 mod pmd;
 
 pub use backend::{MapKind, PgtableBackend};
-pub use detached::{pmdp_collapse_flush, DetachedPmd, PteMapMut};
+pub use detached::{DetachedPmd, PteMapMut, pmdp_collapse_flush};
 pub use lock::{
-    pte_offset_map_lock, pte_offset_map_ro_nolock, pte_offset_map_rw_nolock, pte_unmap_unlock,
-    PteLocked, PteRoNolock, PteRwNolock,
+    PteLocked, PteRoNolock, PteRwNolock, pte_offset_map_lock, pte_offset_map_ro_nolock,
+    pte_offset_map_rw_nolock, pte_unmap_unlock,
 };
-pub use map::{pte_offset_map, pte_offset_map_unprotected, pte_unmap, PteMap};
-pub use marker::{
-    Access, Attached, CanWrite, CopiedUnderRcu, DetachState, Detached, Fresh, InTable, Owned,
-    ProvesProtection, Provenance, ReadOnly, Retired, Unprotected, Unverified,
-};
+pub use map::{PteMap, pte_offset_map, pte_offset_map_unprotected, pte_unmap};
 #[doc(hidden)]
 pub use marker::CopiedSource;
-pub use pmd::{pmd_lock, pmdp_get_lockless, PmdLockGuard, PmdRef};
+pub use marker::{
+    Access, Attached, CanWrite, CopiedUnderRcu, DetachState, Detached, Fresh, InTable, Owned,
+    Provenance, ProvesProtection, ReadOnly, Retired, Unprotected, Unverified,
+};
+pub use pmd::{PmdLockGuard, PmdRef, pmd_lock, pmdp_get_lockless};
 
 static_assertions::assert_eq_size!(InTable, ());
 static_assertions::assert_eq_size!(Detached, ());

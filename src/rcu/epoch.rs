@@ -86,13 +86,18 @@ impl EpochRcu {
         if let Some(g) = pinned {
             return g;
         }
-        HANDLES.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            cache.retain(|(_, alive, _)| alive.strong_count() > 0);
-            cache.push((self.id, Arc::downgrade(&self.alive), self.collector.register()));
-            cache.last().map(|(_, _, h)| h.pin())
-        })
-        .unwrap_or_else(|| self.collector.register().pin())
+        HANDLES
+            .with(|cache| {
+                let mut cache = cache.borrow_mut();
+                cache.retain(|(_, alive, _)| alive.strong_count() > 0);
+                cache.push((
+                    self.id,
+                    Arc::downgrade(&self.alive),
+                    self.collector.register(),
+                ));
+                cache.last().map(|(_, _, h)| h.pin())
+            })
+            .unwrap_or_else(|| self.collector.register().pin())
     }
 
     fn wait_for(&self, done: &AtomicBool) {
@@ -191,7 +196,11 @@ mod tests {
         for _ in 0..200 {
             drop(rcu.read_lock());
         }
-        assert_eq!(ran.load(Ordering::SeqCst), 0, "callback ran inside a reader's section");
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            0,
+            "callback ran inside a reader's section"
+        );
         tx2.send(()).unwrap();
         reader.join().unwrap();
         rcu.rcu_barrier();
