@@ -62,6 +62,12 @@ pub mod rcu;
 
 pub use error::{Error, NoMap, Rejected};
 
+/// Guide: the three proofs, what each allows, and what the compiler rejects.
+#[cfg(all(any(doc, doctest), feature = "std"))]
+pub mod guide {
+    #![doc = include_str!("../docs/guide.md")]
+}
+
 #[doc = include_str!("../README.md")]
 #[cfg(all(doctest, feature = "std"))]
 pub struct ReadmeDoctests;
