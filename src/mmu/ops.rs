@@ -395,6 +395,37 @@ impl Mmu {
         Ok(n)
     }
 
+    /// Fault injection: writes `raw` into the pmd slot for `va` under the mmap write lock and
+    /// the PMD lock, and returns the old value. Use it to place migration, non-present or
+    /// malformed entries that the map functions must classify as "nomap". A PTE table that the
+    /// old value named is leaked (its frame stays allocated), never freed under a walker.
+    ///
+    /// # Errors
+    /// A bad address, or [`Error::NotMapped`] if the upper levels for `va` do not exist.
+    ///
+    /// ```
+    /// use typed_pgtable::mmu::{migration_entry, Mmu, MmuConfig};
+    /// use typed_pgtable::provenance::pte_offset_map;
+    /// use typed_pgtable::NoMap;
+    ///
+    /// let mmu = Mmu::new(MmuConfig::default())?;
+    /// mmu.map_huge(0x20_0000)?;
+    /// mmu.inject_pmd(0x20_0000, migration_entry(7))?;
+    /// let mm = mmu.mmap_read_lock();
+    /// let pmd = mm.pmd_offset(0x20_0000)?.unwrap();
+    /// assert_eq!(pte_offset_map(&pmd, 0x20_0000).err(), Some(NoMap::Migration));
+    /// # Ok::<(), typed_pgtable::Error>(())
+    /// ```
+    pub fn inject_pmd(&self, va: u64, raw: u64) -> Result<u64, Error> {
+        self.check_va(va & !(PAGE_SIZE - 1), 1)?;
+        let mm = self.mmap_write_lock();
+        let Some(pmd) = mm.pmd_offset(va)? else {
+            return Err(Error::NotMapped { addr: va });
+        };
+        let _pml = pmd_lock(&pmd);
+        Ok(pmd.slot().0.swap(raw, Ordering::AcqRel))
+    }
+
     /// A full dump of the page tables, deposits and the free-frame count (under the mmap
     /// write lock). Two equal dumps mean the MMU is in the same state.
     pub fn dump(&self) -> MmuDump {
