@@ -44,7 +44,7 @@ use core::ops::Deref;
 /// The holder owns `table`: no slot names it, and nobody else will free it. If `S` is
 /// [`Fresh`], no walker can hold a map of it either.
 #[must_use = "a detached PTE table must be populated, deposited or freed (pte_free_defer)"]
-pub struct DetachedPmd<'m, B: PgtableBackend, S: DetachState = Retired> {
+pub struct DetachedPmd<'m, B: PgtableBackend, S: DetachState> {
     backend: &'m B,
     pmdval: B::PmdSnapshot,
     table: B::Table,

@@ -90,10 +90,16 @@ impl<'a, B: PgtableBackend> PteLocked<'a, B, Unverified> {
     /// Hands the lock back with [`Error::PmdChanged`] if the slot no longer holds the mapped
     /// value (the table was removed or replaced; unlock and retry), or [`Error::WrongMmu`] if
     /// `pmd` belongs to another backend.
-    pub fn revalidate(
+    ///
+    /// The `Attached` lock lives no longer than `pmd`'s walk lock: attachment is proven only
+    /// while the walk lock keeps removers that work by exclusivity (`free_pgtables`) away.
+    pub fn revalidate<'b>(
         self,
-        pmd: &PmdRef<'_, B, InTable>,
-    ) -> Result<PteLocked<'a, B, Attached>, Rejected<Self>> {
+        pmd: &PmdRef<'b, B, InTable>,
+    ) -> Result<PteLocked<'b, B, Attached>, Rejected<Self>>
+    where
+        'a: 'b,
+    {
         if !core::ptr::eq(self.map.backend, pmd.backend) {
             return Err(Rejected {
                 error: Error::WrongMmu,
