@@ -11,7 +11,7 @@ use super::spin::SpinLock;
 use crate::error::Error;
 use std::boxed::Box;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::vec::Vec;
 
 /// Entries per table (and 8-byte cells per frame).
@@ -65,6 +65,10 @@ pub(crate) struct FrameDesc {
     pub(crate) generation: AtomicU32,
     kind: AtomicU8,
     pub(crate) lock: SpinLock,
+    /// References to a data frame (its mappings and pins); 0 when not a data page in use.
+    pub(crate) refs: AtomicU32,
+    /// The head of a huge page that has not been split: its last reference frees 512 frames.
+    compound: AtomicBool,
     /// Tables deposited on slots of this PMD table: (slot index, PTE table frame), FIFO.
     pub(crate) deposit: Mutex<Vec<(u16, u64)>>,
 }
@@ -189,7 +193,11 @@ impl Frames {
         };
         for pfn in start..start + ENTRIES as u64 {
             self.prepare(pfn, FrameKind::Data);
+            if pfn != start {
+                self.desc(pfn).refs.store(0, Ordering::Relaxed);
+            }
         }
+        self.desc(start).compound.store(true, Ordering::Release);
         Ok(start)
     }
 
@@ -199,7 +207,50 @@ impl Frames {
                 self.cell(pfn, i).0.store(0, Ordering::Relaxed);
             }
         }
+        self.desc(pfn).refs.store(1, Ordering::Relaxed);
         self.desc(pfn).kind.store(kind as u8, Ordering::Release);
+    }
+
+    /// Takes a reference to a data frame unless it has none left (`folio_try_get`).
+    pub(crate) fn try_get(&self, pfn: u64) -> bool {
+        if pfn == 0 || pfn as usize >= self.nframes {
+            return false;
+        }
+        self.desc(pfn)
+            .refs
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |r| (r > 0).then(|| r + 1))
+            .is_ok()
+    }
+
+    /// Drops a reference to a data frame (or the head of a huge page); frees it (or the whole
+    /// huge page) on the last.
+    pub(crate) fn put(&self, pfn: u64) {
+        if pfn == 0 || pfn as usize >= self.nframes {
+            return;
+        }
+        let prev = self.desc(pfn).refs.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(prev > 0, "put of frame {pfn:#x} with no references");
+        if prev == 1 {
+            if self.desc(pfn).compound.swap(false, Ordering::AcqRel) {
+                self.free_huge(pfn);
+            } else {
+                self.free(pfn);
+            }
+        }
+    }
+
+    /// The reference count of a frame.
+    pub(crate) fn refs(&self, pfn: u64) -> u32 {
+        self.desc(pfn).refs.load(Ordering::Relaxed)
+    }
+
+    /// Gives every frame of a huge page its own reference (the split of a huge folio into base
+    /// pages: each PTE then holds one).
+    pub(crate) fn split_refs(&self, head: u64) {
+        self.desc(head).compound.store(false, Ordering::Release);
+        for pfn in head + 1..head + ENTRIES as u64 {
+            self.desc(pfn).refs.store(1, Ordering::Relaxed);
+        }
     }
 
     /// Frees one frame now: new generation, poison, back to the allocator.
@@ -209,6 +260,7 @@ impl Frames {
             return;
         }
         let d = self.desc(pfn);
+        d.refs.store(0, Ordering::Relaxed);
         d.generation.fetch_add(1, Ordering::AcqRel);
         for i in 0..ENTRIES {
             self.cell(pfn, i).0.store(POISON, Ordering::Release);
