@@ -102,8 +102,18 @@ unsafe impl PgtableBackend for Mmu {
         if self.frames.kind(table.pfn) != FrameKind::Pte {
             // A value that names a frame that is not a PTE table (a bogus pmd, a misclassified
             // entry): report it as a violation with the frame's current generation.
-            let found = self.frames.desc(table.pfn).generation.load(Ordering::Acquire);
-            self.frames.audit.check(table.pfn, found.wrapping_add(1), found, kind.name(), "map of a non-table frame");
+            let found = self
+                .frames
+                .desc(table.pfn)
+                .generation
+                .load(Ordering::Acquire);
+            self.frames.audit.check(
+                table.pfn,
+                found.wrapping_add(1),
+                found,
+                kind.name(),
+                "map of a non-table frame",
+            );
         }
     }
 

@@ -1,10 +1,10 @@
 //! Checks over page tables: the kernel's `page_table_check` clear-range pass on a detached
 //! table (case 1), and a whole-MMU consistency check for tests and the torture run.
 
-use super::entry::{PmdKind, Pte};
-use super::frames::{FrameKind, ENTRIES};
 use super::Mmu;
-use crate::provenance::{pte_offset_map, Detached, PmdRef};
+use super::entry::{PmdKind, Pte};
+use super::frames::{ENTRIES, FrameKind};
+use crate::provenance::{Detached, PmdRef, pte_offset_map};
 use std::collections::HashSet;
 use std::format;
 use std::string::String;
@@ -58,13 +58,26 @@ impl Mmu {
         let mut seen = HashSet::new();
         let frames = self.frames.nframes() as u64;
         for l4 in 0..ENTRIES {
-            let Some(pud) = self.table_at(self.root, l4) else { continue };
+            let Some(pud) = self.table_at(self.root, l4) else {
+                continue;
+            };
             for l3 in 0..ENTRIES {
-                let Some(pmdt) = self.table_at(pud, l3) else { continue };
-                let dep = self.frames.desc(pmdt).deposit.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let Some(pmdt) = self.table_at(pud, l3) else {
+                    continue;
+                };
+                let dep = self
+                    .frames
+                    .desc(pmdt)
+                    .deposit
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 for (i, t) in dep {
                     if self.frames.kind(t) != FrameKind::Pte {
-                        problems.push(format!("deposit at pmd table {pmdt:#x}[{i}] is a {:?} frame", self.frames.kind(t)));
+                        problems.push(format!(
+                            "deposit at pmd table {pmdt:#x}[{i}] is a {:?} frame",
+                            self.frames.kind(t)
+                        ));
                     }
                     if !seen.insert(t) {
                         problems.push(format!("table {t:#x} is referenced twice"));
@@ -76,18 +89,28 @@ impl Mmu {
                     match super::entry::classify_pmd(raw, frames) {
                         PmdKind::Table(t) => {
                             if self.frames.kind(t) != FrameKind::Pte {
-                                problems.push(format!("pmd for {va:#x} names a {:?} frame {t:#x}", self.frames.kind(t)));
+                                problems.push(format!(
+                                    "pmd for {va:#x} names a {:?} frame {t:#x}",
+                                    self.frames.kind(t)
+                                ));
                                 continue;
                             }
                             if !seen.insert(t) {
                                 problems.push(format!("table {t:#x} is referenced twice"));
                             }
                             for i in 0..ENTRIES {
-                                let pte = Pte::from_raw(self.frames.cell(t, i).0.load(Ordering::Acquire));
+                                let pte =
+                                    Pte::from_raw(self.frames.cell(t, i).0.load(Ordering::Acquire));
                                 if pte.is_bad() {
-                                    problems.push(format!("pte for {:#x} is malformed", va | ((i as u64) << 12)));
+                                    problems.push(format!(
+                                        "pte for {:#x} is malformed",
+                                        va | ((i as u64) << 12)
+                                    ));
                                 } else if let Some(pfn) = pte.pfn().filter(|_| !pte.is_special()) {
-                                    if pfn >= frames || self.frames.kind(pfn) != FrameKind::Data || self.frames.refs(pfn) == 0 {
+                                    if pfn >= frames
+                                        || self.frames.kind(pfn) != FrameKind::Data
+                                        || self.frames.refs(pfn) == 0
+                                    {
                                         problems.push(format!("pte for {:#x} maps frame {pfn:#x} that is not a live data page", va | ((i as u64) << 12)));
                                     }
                                 }
@@ -95,10 +118,15 @@ impl Mmu {
                         }
                         PmdKind::Huge(pfn) => {
                             if self.frames.kind(pfn) != FrameKind::Data {
-                                problems.push(format!("huge pmd for {va:#x} maps a {:?} frame", self.frames.kind(pfn)));
+                                problems.push(format!(
+                                    "huge pmd for {va:#x} maps a {:?} frame",
+                                    self.frames.kind(pfn)
+                                ));
                             }
                         }
-                        PmdKind::Bad => problems.push(format!("pmd for {va:#x} is malformed: {raw:#x}")),
+                        PmdKind::Bad => {
+                            problems.push(format!("pmd for {va:#x} is malformed: {raw:#x}"))
+                        }
                         _ => {}
                     }
                 }

@@ -8,8 +8,8 @@ use super::vma::VmaKind;
 use super::{Mmu, PAGE_SIZE};
 use crate::error::{Error, NoMap};
 use crate::provenance::{
-    pmd_lock, pte_offset_map, pte_offset_map_lock, DetachedPmd, Fresh, InTable, PgtableBackend,
-    PmdRef,
+    DetachedPmd, Fresh, InTable, PgtableBackend, PmdRef, pmd_lock, pte_offset_map,
+    pte_offset_map_lock,
 };
 use crate::rcu::RcuDomain;
 use std::boxed::Box;
@@ -25,14 +25,18 @@ impl Mmu {
     }
 
     /// A fresh table from a reserved frame, or a new one.
-    pub(crate) fn fresh_table(&self, reserve: &mut Vec<u64>) -> Result<DetachedPmd<'_, Mmu, Fresh>, Error> {
+    pub(crate) fn fresh_table(
+        &self,
+        reserve: &mut Vec<u64>,
+    ) -> Result<DetachedPmd<'_, Mmu, Fresh>, Error> {
         match reserve.pop() {
             Some(pfn) => {
                 self.frames.set_kind(pfn, FrameKind::Pte);
                 let pmdval = self.pmd_of_table(&self.table_ref(pfn));
                 // SAFETY: a reserved frame is zeroed, owned by the caller and reachable by no one.
-                unsafe { DetachedPmd::from_pmd(self, pmdval) }
-                    .map_err(|_| Error::InvalidConfig { reason: "reserved frame is not a table" })
+                unsafe { DetachedPmd::from_pmd(self, pmdval) }.map_err(|_| Error::InvalidConfig {
+                    reason: "reserved frame is not a table",
+                })
             }
             None => DetachedPmd::pte_alloc_one(self),
         }
@@ -64,7 +68,11 @@ impl Mmu {
     ///
     /// The caller must hold a lock that allows installing (the mmap or a VMA lock); the `pmd`
     /// comes from such a token.
-    pub fn pmd_install(&self, pmd: &PmdRef<'_, Mmu, InTable>, table: DetachedPmd<'_, Mmu, Fresh>) -> bool {
+    pub fn pmd_install(
+        &self,
+        pmd: &PmdRef<'_, Mmu, InTable>,
+        table: DetachedPmd<'_, Mmu, Fresh>,
+    ) -> bool {
         let pml = pmd_lock(pmd);
         match table.pmd_populate(&pml) {
             Ok(()) => true,

@@ -218,7 +218,9 @@ impl Frames {
         }
         self.desc(pfn)
             .refs
-            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |r| (r > 0).then(|| r + 1))
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |r| {
+                (r > 0).then(|| r + 1)
+            })
             .is_ok()
     }
 

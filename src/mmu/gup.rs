@@ -36,7 +36,9 @@ impl Drop for PinnedPage<'_> {
 
 impl fmt::Debug for PinnedPage<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedPage").field("pfn", &self.page).finish()
+        f.debug_struct("PinnedPage")
+            .field("pfn", &self.page)
+            .finish()
     }
 }
 
@@ -47,7 +49,11 @@ impl Mmu {
     ///
     /// # Errors
     /// A bad or misaligned address.
-    pub fn gup_fast(&self, start: u64, nr_pages: usize) -> Result<std::vec::Vec<PinnedPage<'_>>, Error> {
+    pub fn gup_fast(
+        &self,
+        start: u64,
+        nr_pages: usize,
+    ) -> Result<std::vec::Vec<PinnedPage<'_>>, Error> {
         self.check_va(start, PAGE_SIZE)?;
         let mut pins = std::vec::Vec::with_capacity(nr_pages);
         let guard = self.rcu_read_lock();
@@ -70,7 +76,11 @@ impl Mmu {
                         break;
                     }
                     let page = head + ((va & (PMD_SIZE - 1)) >> 12);
-                    pins.push(PinnedPage { mmu: self, page, folio: head });
+                    pins.push(PinnedPage {
+                        mmu: self,
+                        page,
+                        folio: head,
+                    });
                 }
                 PmdKind::Table(_) => {
                     let Ok(map) = pte_offset_map(&pmd, va) else {
@@ -88,7 +98,11 @@ impl Mmu {
                         self.frames.put(pfn);
                         break;
                     }
-                    pins.push(PinnedPage { mmu: self, page: pfn, folio: pfn });
+                    pins.push(PinnedPage {
+                        mmu: self,
+                        page: pfn,
+                        folio: pfn,
+                    });
                 }
                 _ => break,
             }

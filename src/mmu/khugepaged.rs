@@ -9,13 +9,13 @@
 //! | [`Mmu::collapse_pte_mapped_thp`] | mmap read | `rw_nolock` + typed `pmd_same`, then PMD + PTE lock | `pte_free_defer` |
 //! | [`Mmu::collapse_huge_page`] | mmap write + VMA write | PMD + PTE lock, `pmdp_collapse_flush` | synced, then reused: deposited (or repopulated on failure) |
 
-use super::entry::{huge_entry, PmdKind, Pte};
+use super::entry::{PmdKind, Pte, huge_entry};
 use super::vma::VmaKind;
 use super::{Mmu, PMD_SIZE};
 use crate::error::{Error, NoMap};
 use crate::provenance::{
-    pmd_lock, pmdp_collapse_flush, pte_offset_map, pte_offset_map_lock, pte_offset_map_rw_nolock,
-    DetachedPmd, InTable, PgtableBackend, PmdRef, Retired,
+    DetachedPmd, InTable, PgtableBackend, PmdRef, Retired, pmd_lock, pmdp_collapse_flush,
+    pte_offset_map, pte_offset_map_lock, pte_offset_map_rw_nolock,
 };
 use std::sync::atomic::Ordering;
 use std::vec::Vec;
@@ -153,7 +153,10 @@ impl Mmu {
         let Ok(ptl) = nolock.lock().revalidate(&pmd) else {
             return Ok(CollapseOutcome::Aborted);
         };
-        if !ptl.entries().all(|p| p.is_present() && !p.is_anon() && !p.is_special()) {
+        if !ptl
+            .entries()
+            .all(|p| p.is_present() && !p.is_anon() && !p.is_special())
+        {
             return Ok(CollapseOutcome::Aborted);
         }
         let mut pages = Vec::new();
@@ -164,7 +167,9 @@ impl Mmu {
         // Step 4: PMD lock, PTE lock, same table?, detach.
         let pml = pmd_lock(&pmd);
         let table = match pte_offset_map_lock(&pmd, haddr) {
-            Ok(ptl) if self.pmd_same(&ptl.pmdval(), &snapshot) => pmdp_collapse_flush(&pml, ptl).ok(),
+            Ok(ptl) if self.pmd_same(&ptl.pmdval(), &snapshot) => {
+                pmdp_collapse_flush(&pml, ptl).ok()
+            }
             _ => None,
         };
         let Some(table) = table else {
@@ -223,7 +228,9 @@ impl Mmu {
             .vma_at(haddr)
             .filter(|v| v.kind == VmaKind::Anon && v.start <= haddr && haddr + PMD_SIZE <= v.end)
             .ok_or(Error::NotInVma { addr: va })?;
-        let vw = mm.vma_start_write(vma.start).ok_or(Error::NotInVma { addr: va })?;
+        let vw = mm
+            .vma_start_write(vma.start)
+            .ok_or(Error::NotInVma { addr: va })?;
         // check_pmd_still_valid, now that every walker and remover is excluded.
         let Some(pmd) = vw.pmd_offset(haddr)? else {
             return Err(Error::NotMapped { addr: va });
@@ -253,7 +260,8 @@ impl Mmu {
         let mut pages = Vec::new();
         {
             let owned = table.pmd();
-            let ptl = pte_offset_map_lock(&owned, haddr).map_err(|_| Error::NotMapped { addr: va })?;
+            let ptl =
+                pte_offset_map_lock(&owned, haddr).map_err(|_| Error::NotMapped { addr: va })?;
             for i in 0..super::ENTRIES {
                 let old = ptl.ptep_get_index(i);
                 if !old.is_none() {

@@ -136,7 +136,7 @@ pub struct Mmu {
     pub(crate) counters: Counters,
     pub(crate) vmas: RwLock<Vec<Arc<vma::Vma>>>,
     pub(crate) i_mmap: RwLock<()>,
-    pub(crate) zero_pfn: u64,
+    pub(crate) zero_page: Mutex<Option<u64>>,
     pub(crate) huge_zero: Mutex<Option<u64>>,
 }
 
@@ -163,8 +163,6 @@ impl Mmu {
         }
         let frames = Arc::new(Frames::new(cfg.frames));
         let root = frames.alloc_n(1, FrameKind::Pgd)?[0];
-        // The zero page keeps its one reference forever.
-        let zero_pfn = frames.alloc_n(1, FrameKind::Data)?[0];
         Ok(Mmu {
             frames,
             rcu: EpochRcu::new(),
@@ -175,7 +173,7 @@ impl Mmu {
             counters: Counters::default(),
             vmas: RwLock::new(Vec::new()),
             i_mmap: RwLock::new(()),
-            zero_pfn,
+            zero_page: Mutex::new(None),
             huge_zero: Mutex::new(None),
         })
     }
@@ -216,9 +214,19 @@ impl Mmu {
         (pfn < self.frames.nframes() as u64).then(|| self.frames.kind(pfn))
     }
 
-    /// The zero page (mapped by zero-page PTEs after a huge zero page split).
-    pub fn zero_pfn(&self) -> u64 {
-        self.zero_pfn
+    /// The zero page (mapped by zero-page PTEs after a huge zero page split), allocated on
+    /// first use and kept, with its one reference, for the MMU's life.
+    ///
+    /// # Errors
+    /// [`Error::OutOfFrames`] on first use.
+    pub fn zero_pfn(&self) -> Result<u64, Error> {
+        let mut z = self.zero_page.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pfn) = *z {
+            return Ok(pfn);
+        }
+        let pfn = self.frames.alloc_n(1, FrameKind::Data)?[0];
+        *z = Some(pfn);
+        Ok(pfn)
     }
 
     /// Allocates a data frame (for callers that build tables by hand).

@@ -29,7 +29,8 @@ impl Exclusive<'_> {
         while va + PMD_SIZE <= end {
             if let Ok(Some(pmd)) = self.pmd_offset(va) {
                 if let Ok(table) = pmd_clear_exclusive(&self, &pmd) {
-                    let report = super::check::page_table_check_pte_clear_range(mmu, va, &table.pmd());
+                    let report =
+                        super::check::page_table_check_pte_clear_range(mmu, va, &table.pmd());
                     mmu.counters
                         .anon_pages_lost
                         .fetch_add(report.present as u64, Ordering::Relaxed);

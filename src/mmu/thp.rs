@@ -2,13 +2,13 @@
 //! (`__split_huge_pmd_locked`, `__split_huge_zero_page_pmd`) and zapping it
 //! (`zap_deposited_table`).
 
-use super::entry::{huge_entry, PmdKind, Pte, HUGE, PRESENT};
-use super::frames::{FrameKind, ENTRIES};
+use super::entry::{HUGE, PRESENT, PmdKind, Pte, huge_entry};
+use super::frames::{ENTRIES, FrameKind};
 use super::stability::MmapReadGuard;
 use super::vma::VmaKind;
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
 use crate::error::Error;
-use crate::provenance::{pmd_lock, DetachedPmd, InTable, PmdLockGuard, PmdRef};
+use crate::provenance::{DetachedPmd, InTable, PmdLockGuard, PmdRef, pmd_lock};
 use std::sync::atomic::Ordering;
 use std::vec::Vec;
 
@@ -73,7 +73,9 @@ impl Mmu {
             Some(PmdKind::Huge(_)) => return Err(Error::AlreadyMapped { addr: va }),
             Some(_) => return Err(Error::TableInTheWay { addr: va }),
         }
-        let mut reserve = self.frames.alloc_n(self.missing_upper(va) + 1, FrameKind::Pte)?;
+        let mut reserve = self
+            .frames
+            .alloc_n(self.missing_upper(va) + 1, FrameKind::Pte)?;
         let data = if zero {
             self.huge_zero_pfn()
         } else {
@@ -148,31 +150,50 @@ impl Mmu {
     }
 
     /// `__split_huge_pmd` on a slot reached under any walk lock.
-    pub(crate) fn split_huge_pmd_at(&self, pmd: &PmdRef<'_, Mmu, InTable>, va: u64) -> SplitOutcome {
+    pub(crate) fn split_huge_pmd_at(
+        &self,
+        pmd: &PmdRef<'_, Mmu, InTable>,
+        va: u64,
+    ) -> SplitOutcome {
         let haddr = va & !(PMD_SIZE - 1);
         let pml = pmd_lock(pmd);
         let old = pml.pmdp_get();
         let (outcome, fill): (SplitOutcome, Vec<Pte>) = match old.kind() {
             PmdKind::Huge(pfn) if self.is_huge_zero(pfn) => {
+                let Ok(zero) = self.zero_pfn() else {
+                    return SplitOutcome::NotHuge;
+                };
                 // `pmdp_huge_clear_flush`: the entry becomes none.
                 pmd.slot().0.store(0, Ordering::Release);
-                let zero = self.zero_pfn;
-                (SplitOutcome::ZeroSplit, (0..ENTRIES).map(|_| Pte::special(zero)).collect())
+                (
+                    SplitOutcome::ZeroSplit,
+                    (0..ENTRIES).map(|_| Pte::special(zero)).collect(),
+                )
             }
             PmdKind::Huge(pfn) => {
                 // `pmdp_invalidate`: clear present, keep the huge bit; lockless readers see a
                 // non-present entry and back off.
-                pmd.slot().0.store((old.raw() & !PRESENT) | HUGE, Ordering::Release);
+                pmd.slot()
+                    .0
+                    .store((old.raw() & !PRESENT) | HUGE, Ordering::Release);
                 let anon = self.vma_at(haddr).is_some_and(|v| v.kind == VmaKind::Anon);
                 self.frames.split_refs(pfn);
                 let ptes = (0..ENTRIES as u64)
-                    .map(|i| if anon { Pte::anon_page(pfn + i) } else { Pte::page(pfn + i) })
+                    .map(|i| {
+                        if anon {
+                            Pte::anon_page(pfn + i)
+                        } else {
+                            Pte::page(pfn + i)
+                        }
+                    })
                     .collect();
                 (SplitOutcome::Split, ptes)
             }
             PmdKind::Migration => {
                 let offset = (old.raw() & super::entry::ADDR_MASK) >> 12;
-                let ptes = (0..ENTRIES as u64).map(|i| Pte::migration(offset + i)).collect();
+                let ptes = (0..ENTRIES as u64)
+                    .map(|i| Pte::migration(offset + i))
+                    .collect();
                 (SplitOutcome::MigrationSplit, ptes)
             }
             _ => return SplitOutcome::NotHuge,
@@ -221,7 +242,11 @@ impl Mmu {
         self.zap_huge_pmd(&pmd, va)
     }
 
-    pub(crate) fn zap_huge_pmd(&self, pmd: &PmdRef<'_, Mmu, InTable>, va: u64) -> Result<u64, Error> {
+    pub(crate) fn zap_huge_pmd(
+        &self,
+        pmd: &PmdRef<'_, Mmu, InTable>,
+        va: u64,
+    ) -> Result<u64, Error> {
         let pml = pmd_lock(pmd);
         let pfn = match pml.pmdp_get().kind() {
             PmdKind::Huge(pfn) => pfn,

@@ -166,7 +166,10 @@ impl Mmu {
     /// and the page-table lock, like the kernel.
     pub(crate) fn anon_vma_prepare(&self, vma: &Vma) {
         if !vma.anon_vma.load(Ordering::Acquire) {
-            let _ptl = self.page_table_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _ptl = self
+                .page_table_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             vma.anon_vma.store(true, Ordering::Release);
         }
     }
@@ -203,11 +206,7 @@ impl Mmu {
     }
 
     /// A walk to `va` for any walk-lock token, with the token's VMA bound checked.
-    fn token_walk(
-        &self,
-        va: u64,
-        bound: Option<(u64, u64)>,
-    ) -> Result<Option<&PmdSlot>, Error> {
+    fn token_walk(&self, va: u64, bound: Option<(u64, u64)>) -> Result<Option<&PmdSlot>, Error> {
         self.check_va(va & !(PAGE_SIZE - 1), 1)?;
         if let Some((start, end)) = bound {
             if va < start || va >= end {
@@ -242,7 +241,9 @@ impl<'m> VmaReadGuard<'m> {
     /// # Errors
     /// [`Error::OutsideVma`] if `va` is not inside the locked VMA; a bad address.
     pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'_, Mmu, InTable>>, Error> {
-        let slot = self.mmu.token_walk(va, Some((self.vma.start, self.vma.end)))?;
+        let slot = self
+            .mmu
+            .token_walk(va, Some((self.vma.start, self.vma.end)))?;
         // SAFETY: the slot is in a PMD table of this MMU; upper-level tables are never freed
         // while the MMU lives, and the VMA lock is held for the borrow of `self`.
         Ok(slot.map(|s| unsafe { PmdRef::from_slot(self.mmu, s) }))
@@ -257,7 +258,9 @@ impl Drop for VmaReadGuard<'_> {
 
 impl core::fmt::Debug for VmaReadGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_tuple("VmaReadGuard").field(&self.vma.info()).finish()
+        f.debug_tuple("VmaReadGuard")
+            .field(&self.vma.info())
+            .finish()
     }
 }
 
@@ -296,7 +299,9 @@ impl Drop for VmaWriteGuard<'_> {
 
 impl core::fmt::Debug for VmaWriteGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_tuple("VmaWriteGuard").field(&self.vma.info()).finish()
+        f.debug_tuple("VmaWriteGuard")
+            .field(&self.vma.info())
+            .finish()
     }
 }
 

@@ -5,8 +5,8 @@ use super::entry::PmdKind;
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
 use crate::error::{Error, NoMap};
 use crate::provenance::{
-    pmd_lock, pmd_trylock, pmdp_collapse_flush, pte_offset_map_lock, Attached, InTable, PmdRef,
-    PteLocked,
+    Attached, InTable, PmdRef, PteLocked, pmd_lock, pmd_trylock, pmdp_collapse_flush,
+    pte_offset_map_lock,
 };
 use std::sync::atomic::Ordering;
 use std::vec::Vec;
@@ -66,7 +66,9 @@ impl Mmu {
         let end = self.check_range(start, len)?;
         if let Some(vg) = self.lock_vma_under_rcu(start) {
             if end <= vg.vma().end {
-                return Ok(self.zap_range(start, end, reclaim, |va| vg.pmd_offset(va).ok().flatten()));
+                return Ok(
+                    self.zap_range(start, end, reclaim, |va| vg.pmd_offset(va).ok().flatten())
+                );
             }
         }
         let mm = self.mmap_read_lock();
@@ -98,7 +100,9 @@ impl Mmu {
                         self.split_huge_pmd_at(&pmd, va);
                         self.zap_ptes(&pmd, va, next, reclaim && whole, &mut stats);
                     }
-                    PmdKind::Table(_) => self.zap_ptes(&pmd, va, next, reclaim && whole, &mut stats),
+                    PmdKind::Table(_) => {
+                        self.zap_ptes(&pmd, va, next, reclaim && whole, &mut stats)
+                    }
                     _ => {}
                 }
             }
@@ -140,7 +144,11 @@ impl Mmu {
     }
 
     /// PT_RECLAIM of an empty table whose PTE lock is held.
-    fn try_reclaim(&self, pmd: &PmdRef<'_, Mmu, InTable>, ptl: PteLocked<'_, Mmu, Attached>) -> bool {
+    fn try_reclaim(
+        &self,
+        pmd: &PmdRef<'_, Mmu, InTable>,
+        ptl: PteLocked<'_, Mmu, Attached>,
+    ) -> bool {
         // Fast path (`try_get_and_clear_pmd`): trylock, since the PTE lock is already held.
         if let Some(pml) = pmd_trylock(pmd) {
             return match pmdp_collapse_flush(&pml, ptl) {

@@ -241,7 +241,9 @@ pub fn pmd_clear_exclusive<'a, B: PgtableBackend, E: ExclusiveAccess<B>>(
     // SAFETY: `excl` proves exclusive access to the slot (nobody else changes it, so it still
     // names the table classified just above).
     let old = unsafe { backend.pmdp_collapse_flush(pmd.slot()) };
-    let table = backend.pmd_table(&old).map_err(|_| Error::NotMapped { addr: 0 })?;
+    let table = backend
+        .pmd_table(&old)
+        .map_err(|_| Error::NotMapped { addr: 0 })?;
     // INVARIANT: the slot no longer names the table, and only we took it out.
     Ok(DetachedPmd {
         backend,
