@@ -133,8 +133,7 @@ impl Mmu {
     /// lock and the PTE lock again, check it is still the same table, detach it, free it after
     /// a grace period, and map a huge page if one can be allocated.
     ///
-    /// Only ranges whose PTEs are all present file pages collapse (an anonymous page would be
-    /// lost).
+    /// Only ranges that map file pages (and holes) collapse: an anonymous page would be lost.
     ///
     /// # Errors
     /// A bad address.
@@ -153,10 +152,11 @@ impl Mmu {
         let Ok(ptl) = nolock.lock().revalidate(&pmd) else {
             return Ok(CollapseOutcome::Aborted);
         };
-        if !ptl
+        // Only file pages (or holes) collapse: an anonymous page would be lost.
+        let collapsible = ptl
             .entries()
-            .all(|p| p.is_present() && !p.is_anon() && !p.is_special())
-        {
+            .all(|p| p.is_none() || (p.is_present() && !p.is_anon() && !p.is_special()));
+        if !collapsible || ptl.entries().all(|p| p.is_none()) {
             return Ok(CollapseOutcome::Aborted);
         }
         let mut pages = Vec::new();
