@@ -63,7 +63,7 @@ impl Mmu {
     /// A bad address, [`Error::NotMapped`] if no PTE table is there, [`Error::HugeInTheWay`].
     pub fn retract_pte_table(&self, va: u64) -> Result<usize, Error> {
         let haddr = va & !(PMD_SIZE - 1);
-        self.check_va(haddr, 1)?;
+        self.check_va(va, 1)?;
         let mm = self.mmap_read_lock();
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Err(Error::NotMapped { addr: va });
@@ -104,7 +104,7 @@ impl Mmu {
     /// A bad address.
     pub fn retract_page_tables(&self, va: u64) -> Result<usize, Error> {
         let haddr = va & !(PMD_SIZE - 1);
-        self.check_va(haddr, 1)?;
+        self.check_va(va, 1)?;
         let rmap = self.i_mmap_lock_read();
         let mut retracted = 0;
         for vma in rmap.file_vmas() {
@@ -139,7 +139,7 @@ impl Mmu {
     /// A bad address.
     pub fn collapse_pte_mapped_thp(&self, va: u64) -> Result<CollapseOutcome, Error> {
         let haddr = va & !(PMD_SIZE - 1);
-        self.check_va(haddr, 1)?;
+        self.check_va(va, 1)?;
         let mm = self.mmap_read_lock();
         let Some(pmd) = mm.pmd_offset(haddr)? else {
             return Ok(CollapseOutcome::Aborted);
@@ -222,7 +222,7 @@ impl Mmu {
     /// no PTE table is there; [`Error::OutOfFrames`] (the table is restored).
     pub fn collapse_huge_page(&self, va: u64) -> Result<CollapseOutcome, Error> {
         let haddr = va & !(PMD_SIZE - 1);
-        self.check_va(haddr, 1)?;
+        self.check_va(va, 1)?;
         let mm = self.mmap_write_lock();
         let vma = self
             .vma_at(haddr)

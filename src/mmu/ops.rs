@@ -81,7 +81,7 @@ impl Mmu {
         if !core::ptr::eq(guard.domain(), &self.rcu) {
             return Err(Error::WrongMmu);
         }
-        self.check_va(va & !(PAGE_SIZE - 1), 1)?;
+        self.check_va(va, 1)?;
         Ok(self.pmd_slot(va).map(|slot| {
             let value = self.pmdp_get_lockless(slot);
             // SAFETY: `guard` is an open section of this MMU's domain (checked above), opened
@@ -113,7 +113,7 @@ impl Mmu {
     /// # Errors
     /// [`Error::NonCanonical`] or [`Error::OutOfRange`].
     pub fn translate(&self, va: u64) -> Result<Option<u64>, Error> {
-        self.check_va(va & !(PAGE_SIZE - 1), 1)?;
+        self.check_va(va, 1)?;
         let guard = self.rcu_read_lock();
         let Some(pmd) = self.pmd_copy_lockless(&guard, va)? else {
             return Ok(None);
@@ -152,7 +152,7 @@ impl Mmu {
     /// # Ok::<(), typed_pgtable::Error>(())
     /// ```
     pub fn inject_pmd(&self, va: u64, raw: u64) -> Result<u64, Error> {
-        self.check_va(va & !(PAGE_SIZE - 1), 1)?;
+        self.check_va(va, 1)?;
         let mm = self.mmap_write_lock();
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Err(Error::NotMapped { addr: va });

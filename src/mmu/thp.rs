@@ -6,7 +6,7 @@ use super::entry::{HUGE, PRESENT, PmdKind, Pte, huge_entry};
 use super::frames::{ENTRIES, FrameKind};
 use super::stability::MmapReadGuard;
 use super::vma::VmaKind;
-use super::{Mmu, PAGE_SIZE, PMD_SIZE};
+use super::{Mmu, PMD_SIZE};
 use crate::error::Error;
 use crate::provenance::{DetachedPmd, InTable, PmdLockGuard, PmdRef, pmd_lock};
 use std::sync::atomic::Ordering;
@@ -141,7 +141,7 @@ impl Mmu {
     /// # Errors
     /// A bad address.
     pub fn split_huge_pmd(&self, va: u64) -> Result<SplitOutcome, Error> {
-        self.check_va(va & !(PAGE_SIZE - 1), 1)?;
+        self.check_va(va, 1)?;
         let mm = self.mmap_read_lock();
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Ok(SplitOutcome::NotHuge);

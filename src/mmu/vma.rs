@@ -207,7 +207,7 @@ impl Mmu {
 
     /// A walk to `va` for any walk-lock token, with the token's VMA bound checked.
     fn token_walk(&self, va: u64, bound: Option<(u64, u64)>) -> Result<Option<&PmdSlot>, Error> {
-        self.check_va(va & !(PAGE_SIZE - 1), 1)?;
+        self.check_va(va, 1)?;
         if let Some((start, end)) = bound {
             if va < start || va >= end {
                 return Err(Error::OutsideVma { addr: va });
