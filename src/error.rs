@@ -69,6 +69,12 @@ pub enum Error {
     /// The pmd slot is not empty, so a table cannot be installed there.
     #[error("the pmd slot is occupied")]
     SlotOccupied,
+    /// A range of zero length was given.
+    #[error("empty range at {addr:#x}")]
+    EmptyRange {
+        /// The start of the range.
+        addr: u64,
+    },
     /// The address is outside the VMA (or the range) the walk lock covers.
     #[error("{addr:#x} is outside the VMA the lock covers")]
     OutsideVma {

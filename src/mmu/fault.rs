@@ -143,6 +143,90 @@ impl Mmu {
         result.map(|()| data)
     }
 
+    /// Maps `count` new pages from `start`, all or nothing: every address is checked and every
+    /// frame (tables and data) reserved before anything changes, so a failure, including
+    /// running out of frames in the middle of the range, leaves the MMU unchanged. Returns the
+    /// frames in address order.
+    ///
+    /// # Errors
+    /// [`Error::EmptyRange`] for `count == 0`; a bad, misaligned or too long range;
+    /// [`Error::AlreadyMapped`] or [`Error::HugeInTheWay`] for the first page in the way;
+    /// [`Error::OutOfFrames`].
+    pub fn map_pages(&self, start: u64, count: usize) -> Result<Vec<u64>, Error> {
+        let len = (count as u64)
+            .checked_mul(PAGE_SIZE)
+            .ok_or(Error::OutOfRange {
+                addr: start,
+                limit: self.cfg.va_limit,
+            })?;
+        let end = self.check_range(start, len)?;
+        let mm = self.mmap_read_lock();
+        let mut tables = std::collections::BTreeSet::new();
+        let mut uppers = std::collections::BTreeSet::new();
+        let mut va = start;
+        while va < end {
+            match mm.pmd_offset(va)?.map(|p| p.pmd_val().kind()) {
+                None => {
+                    tables.insert(va >> 21);
+                    uppers.insert(va >> 30);
+                    if self.missing_upper(va) == 2 {
+                        uppers.insert((va >> 39) | (1 << 63));
+                    }
+                }
+                Some(PmdKind::None) => {
+                    tables.insert(va >> 21);
+                }
+                Some(PmdKind::Table(_)) => {
+                    let pmd = mm.pmd_offset(va)?.ok_or(Error::NotMapped { addr: va })?;
+                    if let Ok(map) = pte_offset_map(&pmd, va) {
+                        if !map.ptep_get(va).is_none() {
+                            return Err(Error::AlreadyMapped { addr: va });
+                        }
+                    }
+                }
+                Some(_) => return Err(Error::HugeInTheWay { addr: va }),
+            }
+            va += PAGE_SIZE;
+        }
+        let mut reserve = self
+            .frames
+            .alloc_n(tables.len() + uppers.len() + count, FrameKind::Pte)?;
+        let data: Vec<u64> = reserve.split_off(reserve.len() - count);
+        let mut done = Vec::with_capacity(count);
+        let mut failed = None;
+        for (i, &pfn) in data.iter().enumerate() {
+            let va = start + i as u64 * PAGE_SIZE;
+            self.frames.set_kind(pfn, FrameKind::Data);
+            let pte = match self.vma_at(va) {
+                Some(vma) if vma.kind == VmaKind::Anon => {
+                    self.anon_vma_prepare(&vma);
+                    Pte::anon_page(pfn)
+                }
+                _ => Pte::page(pfn),
+            };
+            match self.fault_install(&mm, va, pte, &mut reserve) {
+                Ok(()) => done.push(pfn),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        self.release(reserve);
+        if let Some(e) = failed {
+            // Lost a race with another mapper: undo, then report.
+            drop(mm);
+            for i in 0..done.len() {
+                let _ = self.unmap_page(start + i as u64 * PAGE_SIZE);
+            }
+            for &pfn in &data[done.len()..] {
+                self.frames.put(pfn);
+            }
+            return Err(e);
+        }
+        Ok(done)
+    }
+
     /// The body of `map_page` once frames are reserved.
     fn fault_install(
         &self,

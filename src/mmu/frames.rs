@@ -78,6 +78,26 @@ struct Bitmap {
     hint: usize,
 }
 
+/// `n` zeroed entry cells in one zeroed allocation (much faster than `n` constructions, which
+/// matters for large arenas and under Miri).
+fn zeroed_cells(n: usize) -> Box<[PmdSlot]> {
+    let Ok(layout) = std::alloc::Layout::array::<PmdSlot>(n) else {
+        return (0..n).map(|_| PmdSlot::default()).collect();
+    };
+    if layout.size() == 0 {
+        return Box::new([]);
+    }
+    // SAFETY: `layout` has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<PmdSlot>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` is a live allocation made with the global allocator for exactly `n`
+    // `PmdSlot`s (`Layout::array`), and all-zero bytes are a valid `PmdSlot`
+    // (`#[repr(transparent)]` over `AtomicU64`, which has the layout and validity of `u64`).
+    unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, n)) }
+}
+
 /// The arena.
 pub(crate) struct Frames {
     mem: Box<[PmdSlot]>,
@@ -90,7 +110,7 @@ pub(crate) struct Frames {
 
 impl Frames {
     pub(crate) fn new(nframes: usize) -> Frames {
-        let mem = (0..nframes * ENTRIES).map(|_| PmdSlot::default()).collect();
+        let mem = zeroed_cells(nframes * ENTRIES);
         let desc: Box<[FrameDesc]> = (0..nframes).map(|_| FrameDesc::default()).collect();
         let mut words = std::vec![0u64; nframes.div_ceil(64)];
         // Frame 0 is reserved; bits past the end are marked used.

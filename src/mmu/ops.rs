@@ -47,6 +47,8 @@ pub struct MmuDump {
     pub deposits: Vec<(u64, u16, u64)>,
     /// Frames free.
     pub free_frames: usize,
+    /// The VMAs, in address order.
+    pub vmas: Vec<super::VmaInfo>,
 }
 
 impl Mmu {
@@ -168,10 +170,18 @@ impl Mmu {
         let mut entries = Vec::new();
         let mut deposits = Vec::new();
         self.dump_table(self.root, 4, 0, &mut entries, &mut deposits);
+        let vmas = self
+            .vmas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|v| v.info())
+            .collect();
         MmuDump {
             entries,
             deposits,
             free_frames: self.free_frames(),
+            vmas,
         }
     }
 

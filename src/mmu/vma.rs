@@ -142,7 +142,10 @@ impl Mmu {
 
     pub(crate) fn check_range(&self, start: u64, len: u64) -> Result<u64, Error> {
         self.check_va(start, PAGE_SIZE)?;
-        if len == 0 || len % PAGE_SIZE != 0 {
+        if len == 0 {
+            return Err(Error::EmptyRange { addr: start });
+        }
+        if len % PAGE_SIZE != 0 {
             return Err(Error::Misaligned {
                 addr: len,
                 align: PAGE_SIZE,
