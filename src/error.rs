@@ -69,6 +69,9 @@ pub enum Error {
     /// The pmd slot is not empty, so a table cannot be installed there.
     #[error("the pmd slot is occupied")]
     SlotOccupied,
+    /// The pmd names no PTE table.
+    #[error("no PTE table: {0}")]
+    NoTable(#[from] NoMap),
     /// A range of zero length was given.
     #[error("empty range at {addr:#x}")]
     EmptyRange {

@@ -3,7 +3,7 @@
 
 use super::entry::PmdKind;
 use super::vma::Exclusive;
-use super::{Mmu, PAGE_SIZE, PMD_SIZE};
+use super::{Mmu, PMD_SIZE};
 use crate::error::Error;
 use crate::provenance::{pmd_clear_exclusive, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock};
 use std::sync::atomic::Ordering;
@@ -67,6 +67,7 @@ impl Mmu {
     /// present table** (bug B6: it was read before the locks and may have been retracted),
     /// detach it under its PTE lock and populate the new slot with the same table. The table
     /// stays live: walkers of the old slot fail their recheck, walkers of the new one find it.
+    /// Only page tables move; VMAs are left where they are (this model has no mremap of VMAs).
     ///
     /// # Errors
     /// Misaligned addresses, [`Error::NotMapped`] if there is no table at `old` (any more),
@@ -108,7 +109,6 @@ impl Mmu {
             return Err(e);
         }
         self.counters.pmd_moves.fetch_add(1, Ordering::Relaxed);
-        let _ = PAGE_SIZE;
         Ok(())
     }
 

@@ -226,7 +226,7 @@ pub unsafe trait ExclusiveAccess<B: PgtableBackend> {
 ///
 /// # Errors
 /// [`Error::WrongMmu`] if the proof does not cover the slot (or it belongs to another
-/// backend); [`Error::NotMapped`] if the slot names no PTE table.
+/// backend); [`Error::NoTable`] if the slot names no PTE table.
 pub fn pmd_clear_exclusive<'a, B: PgtableBackend, E: ExclusiveAccess<B>>(
     excl: &E,
     pmd: &PmdRef<'a, B, InTable>,
@@ -235,9 +235,7 @@ pub fn pmd_clear_exclusive<'a, B: PgtableBackend, E: ExclusiveAccess<B>>(
         return Err(Error::WrongMmu);
     }
     let backend = pmd.backend;
-    if backend.pmd_table(&pmd.pmd_val()).is_err() {
-        return Err(Error::NotMapped { addr: 0 });
-    }
+    backend.pmd_table(&pmd.pmd_val())?;
     // SAFETY: `excl` proves exclusive access to the slot (nobody else changes it, so it still
     // names the table classified just above).
     let old = unsafe { backend.pmdp_collapse_flush(pmd.slot()) };
