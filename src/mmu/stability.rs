@@ -5,9 +5,9 @@
 //! ends every use of a slot before the lock is released, and a token of one MMU can only walk
 //! that MMU.
 
+use super::Mmu;
 use super::entry::{PmdKind, classify_pmd, table_entry};
 use super::frames::{ENTRIES, FrameKind, PmdSlot};
-use super::Mmu;
 use crate::error::Error;
 use crate::provenance::{InTable, PmdRef};
 use std::sync::atomic::Ordering;
