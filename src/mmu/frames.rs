@@ -67,8 +67,11 @@ pub(crate) struct FrameDesc {
     pub(crate) lock: SpinLock,
     /// References to a data frame (its mappings and pins); 0 when not a data page in use.
     pub(crate) refs: AtomicU32,
-    /// The head of a huge page that has not been split: its last reference frees 512 frames.
+    /// The head of a huge page (a 512-frame folio): its last reference frees all 512 frames.
     compound: AtomicBool,
+    /// For a tail frame of a huge page, the head's frame; 0 otherwise. A tail's references
+    /// live on its head, as a folio's do.
+    head_of: AtomicU64,
     /// Tables deposited on slots of this PMD table: (slot index, PTE table frame), FIFO.
     pub(crate) deposit: Mutex<Vec<(u16, u64)>>,
 }
@@ -215,6 +218,7 @@ impl Frames {
             self.prepare(pfn, FrameKind::Data);
             if pfn != start {
                 self.desc(pfn).refs.store(0, Ordering::Relaxed);
+                self.desc(pfn).head_of.store(start, Ordering::Release);
             }
         }
         self.desc(start).compound.store(true, Ordering::Release);
@@ -231,12 +235,21 @@ impl Frames {
         self.desc(pfn).kind.store(kind as u8, Ordering::Release);
     }
 
-    /// Takes a reference to a data frame unless it has none left (`folio_try_get`).
+    /// The folio a data frame belongs to: the head of its huge page, or itself.
+    pub(crate) fn folio(&self, pfn: u64) -> u64 {
+        match self.desc(pfn).head_of.load(Ordering::Acquire) {
+            0 => pfn,
+            head => head,
+        }
+    }
+
+    /// Takes a reference to the folio of a data frame unless it has none left
+    /// (`folio_try_get`).
     pub(crate) fn try_get(&self, pfn: u64) -> bool {
         if pfn == 0 || pfn as usize >= self.nframes {
             return false;
         }
-        self.desc(pfn)
+        self.desc(self.folio(pfn))
             .refs
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |r| {
                 (r > 0).then(|| r + 1)
@@ -244,35 +257,36 @@ impl Frames {
             .is_ok()
     }
 
-    /// Drops a reference to a data frame (or the head of a huge page); frees it (or the whole
-    /// huge page) on the last.
+    /// Drops a reference to the folio of a data frame; frees the folio (one frame, or all 512
+    /// of a huge page) on the last.
     pub(crate) fn put(&self, pfn: u64) {
         if pfn == 0 || pfn as usize >= self.nframes {
             return;
         }
-        let prev = self.desc(pfn).refs.fetch_sub(1, Ordering::AcqRel);
+        let head = self.folio(pfn);
+        let prev = self.desc(head).refs.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(prev > 0, "put of frame {pfn:#x} with no references");
         if prev == 1 {
-            if self.desc(pfn).compound.swap(false, Ordering::AcqRel) {
-                self.free_huge(pfn);
+            if self.desc(head).compound.load(Ordering::Acquire) {
+                self.free_huge(head);
             } else {
-                self.free(pfn);
+                self.free(head);
             }
         }
     }
 
-    /// The reference count of a frame.
+    /// The reference count of the folio a frame belongs to.
     pub(crate) fn refs(&self, pfn: u64) -> u32 {
-        self.desc(pfn).refs.load(Ordering::Relaxed)
+        self.desc(self.folio(pfn)).refs.load(Ordering::Relaxed)
     }
 
-    /// Gives every frame of a huge page its own reference (the split of a huge folio into base
-    /// pages: each PTE then holds one).
+    /// A huge pmd is split into 512 PTEs: each PTE holds a reference to the folio, where the
+    /// pmd held one (`split_huge_pmd` keeps the folio whole, so pins taken through the pmd
+    /// stay valid).
     pub(crate) fn split_refs(&self, head: u64) {
-        self.desc(head).compound.store(false, Ordering::Release);
-        for pfn in head + 1..head + ENTRIES as u64 {
-            self.desc(pfn).refs.store(1, Ordering::Relaxed);
-        }
+        self.desc(head)
+            .refs
+            .fetch_add(ENTRIES as u32 - 1, Ordering::AcqRel);
     }
 
     /// Frees one frame now: new generation, poison, back to the allocator.
@@ -283,6 +297,8 @@ impl Frames {
         }
         let d = self.desc(pfn);
         d.refs.store(0, Ordering::Relaxed);
+        d.compound.store(false, Ordering::Relaxed);
+        d.head_of.store(0, Ordering::Relaxed);
         d.generation.fetch_add(1, Ordering::AcqRel);
         for i in 0..ENTRIES {
             self.cell(pfn, i).0.store(POISON, Ordering::Release);

@@ -138,15 +138,19 @@ impl Mmu {
     /// - a migration entry: no invalidation (that made it look present on arm64, bug B7);
     ///   withdraw, fill with migration PTEs, publish.
     ///
+    /// Pins taken through the huge pmd stay valid: the folio stays whole, and each of the 512
+    /// PTEs holds a reference to it.
+    ///
     /// # Errors
-    /// A bad address.
+    /// A bad address; [`Error::OutOfFrames`] if a table (no deposit) or the zero page cannot be
+    /// allocated, in which case nothing changes.
     pub fn split_huge_pmd(&self, va: u64) -> Result<SplitOutcome, Error> {
         self.check_va(va, 1)?;
         let mm = self.mmap_read_lock();
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Ok(SplitOutcome::NotHuge);
         };
-        Ok(self.split_huge_pmd_at(&pmd, va))
+        self.split_huge_pmd_at(&pmd, va)
     }
 
     /// `__split_huge_pmd` on a slot reached under any walk lock.
@@ -154,15 +158,21 @@ impl Mmu {
         &self,
         pmd: &PmdRef<'_, Mmu, InTable>,
         va: u64,
-    ) -> SplitOutcome {
+    ) -> Result<SplitOutcome, Error> {
         let haddr = va & !(PMD_SIZE - 1);
         let pml = pmd_lock(pmd);
         let old = pml.pmdp_get();
+        if !matches!(old.kind(), PmdKind::Huge(_) | PmdKind::Migration) {
+            return Ok(SplitOutcome::NotHuge);
+        }
+        // The zero page may need allocating: do it before touching the entry.
+        let zero = match old.kind() {
+            PmdKind::Huge(pfn) if self.is_huge_zero(pfn) => Some(self.zero_pfn()?),
+            _ => None,
+        };
         let (outcome, fill): (SplitOutcome, Vec<Pte>) = match old.kind() {
-            PmdKind::Huge(pfn) if self.is_huge_zero(pfn) => {
-                let Ok(zero) = self.zero_pfn() else {
-                    return SplitOutcome::NotHuge;
-                };
+            PmdKind::Huge(_) if zero.is_some() => {
+                let zero = zero.unwrap_or_default();
                 // `pmdp_huge_clear_flush`: the entry becomes none.
                 pmd.slot().0.store(0, Ordering::Release);
                 (
@@ -177,7 +187,6 @@ impl Mmu {
                     .0
                     .store((old.raw() & !PRESENT) | HUGE, Ordering::Release);
                 let anon = self.vma_at(haddr).is_some_and(|v| v.kind == VmaKind::Anon);
-                self.frames.split_refs(pfn);
                 let ptes = (0..ENTRIES as u64)
                     .map(|i| {
                         if anon {
@@ -196,20 +205,23 @@ impl Mmu {
                     .collect();
                 (SplitOutcome::MigrationSplit, ptes)
             }
-            _ => return SplitOutcome::NotHuge,
+            _ => return Ok(SplitOutcome::NotHuge),
         };
         // Only now, with the entry invalid, take the deposited table back.
         let mut table = match DetachedPmd::pgtable_trans_huge_withdraw(&pml) {
             Some(t) => t,
             None => match DetachedPmd::pte_alloc_one(self) {
                 Ok(t) => t,
-                Err(_) => {
-                    // No deposit and no memory: put the entry back as it was.
+                Err(e) => {
+                    // No deposit and no memory: put the entry back as it was; nothing changed.
                     pmd.slot().0.store(old.raw(), Ordering::Release);
-                    return SplitOutcome::NotHuge;
+                    return Err(e);
                 }
             },
         };
+        if let (SplitOutcome::Split, PmdKind::Huge(pfn)) = (outcome, old.kind()) {
+            self.frames.split_refs(pfn);
+        }
         {
             let map = table.pte_offset_map_mut(haddr);
             for (i, pte) in fill.into_iter().enumerate() {
@@ -223,7 +235,7 @@ impl Mmu {
             r.value.pte_free();
         }
         self.counters.splits.fetch_add(1, Ordering::Relaxed);
-        outcome
+        Ok(outcome)
     }
 
     /// Unmaps the 2 MiB page at `va` (`zap_huge_pmd`): clears the huge pmd under the PMD lock,
