@@ -14,7 +14,7 @@ use super::vma::VmaKind;
 use super::{Mmu, PMD_SIZE};
 use crate::error::{Error, NoMap};
 use crate::provenance::{
-    DetachedPmd, InTable, PgtableBackend, PmdRef, Retired, pmd_lock, pmdp_collapse_flush,
+    DetachedPmd, InTable, PmdRef, Retired, pmd_lock, pmdp_collapse_flush,
     pte_offset_map, pte_offset_map_lock, pte_offset_map_rw_nolock,
 };
 use std::sync::atomic::Ordering;
@@ -127,13 +127,14 @@ impl Mmu {
         Ok(retracted)
     }
 
-    /// khugepaged's `collapse_pte_mapped_thp` for the 2 MiB range at `va`, under the mmap read
-    /// lock: map with `pte_offset_map_rw_nolock`, lock, **revalidate with `pmd_same` before any
-    /// write** (the typed `Unverified` → `Attached` step), clear the PTEs, then take the PMD
-    /// lock and the PTE lock again, check it is still the same table, detach it, free it after
-    /// a grace period, and map a huge page if one can be allocated.
+    /// khugepaged's `collapse_pte_mapped_thp` for the 2 MiB range at `va` of a file VMA, under
+    /// the mmap read lock and the PMD lock: map with `pte_offset_map_rw_nolock`, lock,
+    /// **revalidate with `pmd_same` before any write** (the typed `Unverified` → `Attached`
+    /// step), clear the PTEs, detach the table (`pmdp_collapse_flush`), free it after a grace
+    /// period, and map a huge page if one can be allocated.
     ///
-    /// Only ranges that map file pages (and holes) collapse: an anonymous page would be lost.
+    /// Only ranges of a file VMA that map file pages (and holes) collapse: an anonymous page
+    /// would be lost. Anything else is `Aborted`.
     ///
     /// # Errors
     /// A bad address.
@@ -141,14 +142,20 @@ impl Mmu {
         let haddr = va & !(PMD_SIZE - 1);
         self.check_va(va, 1)?;
         let mm = self.mmap_read_lock();
-        let Some(pmd) = mm.pmd_offset(haddr)? else {
+        let file = self.vma_at(haddr).is_some_and(|v| {
+            v.kind == VmaKind::File && v.start <= haddr && haddr + PMD_SIZE <= v.end
+        });
+        let Some(pmd) = mm.pmd_offset(haddr)?.filter(|_| file) else {
             return Ok(CollapseOutcome::Aborted);
         };
-        // Step 2: rw_nolock, lock, pmd_same, clear.
+        // The PMD lock is taken first and held to the end, as the kernel does when faults can
+        // refill PTEs without the folio lock (here every fault can): no PTE can be refilled
+        // between clearing it and detaching the table.
+        let pml = pmd_lock(&pmd);
+        // Step 2: rw_nolock, lock, pmd_same before any write, clear.
         let Ok(nolock) = pte_offset_map_rw_nolock(&pmd, haddr) else {
             return Ok(CollapseOutcome::Aborted);
         };
-        let snapshot = nolock.pmdval();
         let Ok(ptl) = nolock.lock().revalidate(&pmd) else {
             return Ok(CollapseOutcome::Aborted);
         };
@@ -163,19 +170,14 @@ impl Mmu {
         for i in 0..super::ENTRIES as u64 {
             pages.extend(ptl.ptep_get_and_clear(haddr + i * super::PAGE_SIZE).pfn());
         }
-        drop(ptl);
-        // Step 4: PMD lock, PTE lock, same table?, detach.
-        let pml = pmd_lock(&pmd);
-        let table = match pte_offset_map_lock(&pmd, haddr) {
-            Ok(ptl) if self.pmd_same(&ptl.pmdval(), &snapshot) => {
-                pmdp_collapse_flush(&pml, ptl).ok()
+        // Step 4: detach (the PTE lock is still held and revalidated).
+        let table = match pmdp_collapse_flush(&pml, ptl) {
+            Ok(t) => t,
+            Err(_) => {
+                drop(pml);
+                self.put_pages_deferred(pages);
+                return Ok(CollapseOutcome::Aborted);
             }
-            _ => None,
-        };
-        let Some(table) = table else {
-            drop(pml);
-            self.put_pages_deferred(pages);
-            return Ok(CollapseOutcome::TableRemoved);
         };
         // Step 5: map the huge page, if there is memory for it.
         let outcome = match (self.frames.alloc_huge(), DetachedPmd::pte_alloc_one(self)) {

@@ -242,9 +242,11 @@ impl Mmu {
     /// frees the deposited table at once (`zap_deposited_table`: it was never visible) and drops
     /// the page after a grace period. Returns the first frame.
     ///
+    /// A huge migration entry is zapped too (returning frame 0: it references no page).
+    ///
     /// # Errors
-    /// A bad or misaligned address, [`Error::NotMapped`], [`Error::TableInTheWay`] (4 KiB
-    /// pages are mapped there).
+    /// A bad or misaligned address, [`Error::NotMapped`], [`Error::TableInTheWay`] (a PTE
+    /// table, possibly empty, is there).
     pub fn unmap_huge(&self, va: u64) -> Result<u64, Error> {
         self.check_va(va, PMD_SIZE)?;
         let mm = self.mmap_read_lock();
@@ -261,7 +263,9 @@ impl Mmu {
     ) -> Result<u64, Error> {
         let pml = pmd_lock(pmd);
         let pfn = match pml.pmdp_get().kind() {
-            PmdKind::Huge(pfn) => pfn,
+            PmdKind::Huge(pfn) => Some(pfn),
+            // A huge migration entry: no page reference to drop, but its deposit goes too.
+            PmdKind::Migration => None,
             PmdKind::None => return Err(Error::NotMapped { addr: va }),
             _ => return Err(Error::TableInTheWay { addr: va }),
         };
@@ -270,9 +274,10 @@ impl Mmu {
             table.pte_free();
         }
         drop(pml);
-        if !self.is_huge_zero(pfn) {
-            self.put_pages_deferred(std::vec![pfn]);
+        match pfn {
+            Some(pfn) if !self.is_huge_zero(pfn) => self.put_pages_deferred(std::vec![pfn]),
+            _ => {}
         }
-        Ok(pfn)
+        Ok(pfn.unwrap_or(0))
     }
 }

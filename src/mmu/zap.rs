@@ -90,25 +90,58 @@ impl Mmu {
             let next = (region + PMD_SIZE).min(end);
             let whole = va == region && next == region + PMD_SIZE;
             if let Some(pmd) = walk(va) {
-                match pmd.pmd_val().kind() {
-                    PmdKind::Huge(_) if whole => {
-                        if self.zap_huge_pmd(&pmd, va).is_ok() {
-                            stats.huge += 1;
-                        }
-                    }
-                    PmdKind::Huge(_) => {
-                        self.split_huge_pmd_at(&pmd, va);
-                        self.zap_ptes(&pmd, va, next, reclaim && whole, &mut stats);
-                    }
-                    PmdKind::Table(_) => {
-                        self.zap_ptes(&pmd, va, next, reclaim && whole, &mut stats)
-                    }
-                    _ => {}
-                }
+                self.zap_pmd(&pmd, va, next, whole, reclaim, &mut stats);
             }
             va = next;
         }
         stats
+    }
+
+    /// `zap_pmd_range` for one pmd: re-reads the entry until it is zapped, since a concurrent
+    /// split or collapse may change it under us.
+    fn zap_pmd(
+        &self,
+        pmd: &PmdRef<'_, Mmu, InTable>,
+        va: u64,
+        next: u64,
+        whole: bool,
+        reclaim: bool,
+        stats: &mut ZapStats,
+    ) {
+        loop {
+            match pmd.pmd_val().kind() {
+                PmdKind::Huge(_) | PmdKind::Migration if whole => {
+                    match self.zap_huge_pmd(pmd, va) {
+                        Ok(_) => {
+                            stats.huge += 1;
+                            return;
+                        }
+                        Err(Error::TableInTheWay { .. }) => continue,
+                        Err(_) => return,
+                    }
+                }
+                PmdKind::Huge(_) | PmdKind::Migration => {
+                    // Only part of the range: split, then zap the PTEs.
+                    if self.split_huge_pmd_at(pmd, va).is_err() {
+                        return;
+                    }
+                }
+                PmdKind::Table(_) => {
+                    if self.zap_ptes(pmd, va, next, reclaim && whole, stats) {
+                        return;
+                    }
+                }
+                // In the middle of a split (invalidated): wait for its PMD lock holder.
+                PmdKind::NotPresent => {
+                    let pml = pmd_lock(pmd);
+                    if matches!(pml.pmdp_get().kind(), PmdKind::NotPresent) {
+                        // Not a split in progress: an entry this zap does not handle.
+                        return;
+                    }
+                }
+                PmdKind::None | PmdKind::Bad => return,
+            }
+        }
     }
 
     /// `zap_pte_range` over `[va, next)` inside one table, then PT_RECLAIM if asked.
@@ -119,9 +152,12 @@ impl Mmu {
         next: u64,
         reclaim: bool,
         stats: &mut ZapStats,
-    ) {
-        let Ok(ptl) = pte_offset_map_lock(pmd, va) else {
-            return;
+    ) -> bool {
+        let ptl = match pte_offset_map_lock(pmd, va) {
+            Ok(ptl) => ptl,
+            // The table went away or became huge meanwhile: let the caller look again.
+            Err(NoMap::Huge | NoMap::NotPresent | NoMap::Migration) => return false,
+            Err(_) => return true,
         };
         let mut pages = Vec::new();
         let mut a = va;
@@ -141,6 +177,7 @@ impl Mmu {
             stats.tables_reclaimed += 1;
         }
         self.put_pages_deferred(pages);
+        true
     }
 
     /// PT_RECLAIM of an empty table whose PTE lock is held.
