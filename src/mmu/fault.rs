@@ -66,9 +66,9 @@ impl Mmu {
     /// slot is still none; otherwise the loser frees its table at once, since it was never
     /// published. Returns whether this call installed it.
     ///
-    /// The caller must hold a lock that allows installing (the mmap or a VMA lock); the `pmd`
-    /// comes from such a token.
-    pub fn pmd_install(
+    /// The caller holds a lock that allows installing (the mmap or a VMA lock); the public entry
+    /// point is [`MmapReadGuard::pmd_install`].
+    pub(crate) fn pmd_install(
         &self,
         pmd: &PmdRef<'_, Mmu, InTable>,
         table: DetachedPmd<'_, Mmu, Fresh>,
@@ -269,8 +269,20 @@ impl Mmu {
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Err(Error::NotMapped { addr: va });
         };
-        self.anon_vma_prepare(&vma);
+        // Check, then allocate, and only then prepare the anon_vma: a failed fault changes
+        // nothing.
+        match pte_offset_map(&pmd, va) {
+            Ok(map) => {
+                let old = map.ptep_get(va);
+                if old.pfn().is_none() || old.is_anon() {
+                    return Err(Error::NotMapped { addr: va });
+                }
+            }
+            Err(NoMap::None) => return Err(Error::NotMapped { addr: va }),
+            Err(_) => return Err(Error::HugeInTheWay { addr: va }),
+        }
         let new = self.frames.alloc_n(1, FrameKind::Data)?[0];
+        self.anon_vma_prepare(&vma);
         let pte = match pte_offset_map_lock(&pmd, va) {
             Ok(pte) => pte,
             Err(e) => {
@@ -328,14 +340,37 @@ impl<'m> MmapReadGuard<'m> {
     }
 
     /// Allocates and installs a PTE table at `va` if the slot is none (`pte_alloc`), allocating
-    /// missing upper levels too. Needs a lock that allows installing: the mmap lock.
+    /// missing upper levels too. Needs a lock that allows installing: the mmap lock. Every
+    /// frame is reserved first, so a failure changes nothing.
     ///
     /// # Errors
     /// A bad address; [`Error::OutOfFrames`].
     pub fn pte_alloc(&self, va: u64) -> Result<PmdRef<'_, Mmu, InTable>, Error> {
-        let pmd = self.pmd_alloc(va)?;
-        let mut reserve = Vec::new();
-        self.mmu().pte_alloc_from(&pmd, &mut reserve)?;
-        Ok(pmd)
+        let mmu = self.mmu();
+        mmu.check_va(va, 1)?;
+        let needs_table = match self.pmd_offset(va)? {
+            None => true,
+            Some(pmd) => pmd.pmd_val().kind() == PmdKind::None,
+        };
+        let need = mmu.missing_upper(va) + usize::from(needs_table);
+        let mut reserve = mmu.frames.alloc_n(need, FrameKind::Pte)?;
+        let result = self.pmd_alloc_from(va, &mut reserve).and_then(|pmd| {
+            mmu.pte_alloc_from(&pmd, &mut reserve)?;
+            Ok(pmd)
+        });
+        mmu.release(reserve);
+        result
+    }
+
+    /// Installs `table` in the empty slot of `pmd` (`pmd_install`): under the PMD lock, if the
+    /// slot is still none; otherwise the loser frees its table at once, since it was never
+    /// published. Returns whether this call installed it. A method of the mmap lock because
+    /// installing needs the mmap or VMA lock, never the rmap lock alone (rule I7).
+    pub fn pmd_install(
+        &self,
+        pmd: &PmdRef<'_, Mmu, InTable>,
+        table: DetachedPmd<'_, Mmu, Fresh>,
+    ) -> bool {
+        self.mmu().pmd_install(pmd, table)
     }
 }

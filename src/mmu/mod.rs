@@ -137,7 +137,8 @@ pub struct Mmu {
     pub(crate) vmas: RwLock<Vec<Arc<vma::Vma>>>,
     pub(crate) i_mmap: RwLock<()>,
     pub(crate) zero_page: Mutex<Option<u64>>,
-    pub(crate) huge_zero: Mutex<Option<u64>>,
+    pub(crate) huge_zero: AtomicU64,
+    pub(crate) huge_zero_init: Mutex<()>,
 }
 
 impl Mmu {
@@ -174,7 +175,8 @@ impl Mmu {
             vmas: RwLock::new(Vec::new()),
             i_mmap: RwLock::new(()),
             zero_page: Mutex::new(None),
-            huge_zero: Mutex::new(None),
+            huge_zero: AtomicU64::new(0),
+            huge_zero_init: Mutex::new(()),
         })
     }
 

@@ -33,7 +33,7 @@ impl Exclusive<'_> {
                         super::check::page_table_check_pte_clear_range(mmu, va, &table.pmd());
                     mmu.counters
                         .anon_pages_lost
-                        .fetch_add(report.present as u64, Ordering::Relaxed);
+                        .fetch_add(report.anon as u64, Ordering::Relaxed);
                     table.pte_free_defer();
                     freed += 1;
                 }
@@ -84,6 +84,13 @@ impl Mmu {
             return Err(Error::NotMapped { addr: old });
         }
         let new_pmd = mm.pmd_alloc(new)?;
+        // All the locks: VMA write locks of both ends (VMA-lock walkers and PT_RECLAIM are out),
+        // then the rmap write lock (rmap walkers and retract are out).
+        let _old_vma = mm.vma_start_write(old);
+        let _new_vma = match self.vma_at(new) {
+            Some(v) if !v.contains_addr(old) => mm.vma_start_write(new),
+            _ => None,
+        };
         let _rmap = self.i_mmap_lock_write();
         let old_pml = pmd_lock(&old_pmd);
         let new_pml = if self.same_lock(&old_pmd, &new_pmd) {

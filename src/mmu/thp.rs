@@ -33,17 +33,20 @@ fn set_pmd_huge(pml: &PmdLockGuard<'_, Mmu>, pfn: u64) {
 impl Mmu {
     /// The huge zero page (512 frames, allocated on first use and kept).
     fn huge_zero_pfn(&self) -> Result<u64, Error> {
-        let mut hz = self.huge_zero.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pfn) = *hz {
-            return Ok(pfn);
+        let _init = self.huge_zero_init.lock().unwrap_or_else(|e| e.into_inner());
+        match self.huge_zero.load(Ordering::Acquire) {
+            0 => {
+                let pfn = self.frames.alloc_huge()?;
+                self.huge_zero.store(pfn, Ordering::Release);
+                Ok(pfn)
+            }
+            pfn => Ok(pfn),
         }
-        let pfn = self.frames.alloc_huge()?;
-        *hz = Some(pfn);
-        Ok(pfn)
     }
 
+    /// Whether `pfn` is the huge zero page. Lock-free: GUP-fast asks inside its read section.
     pub(crate) fn is_huge_zero(&self, pfn: u64) -> bool {
-        *self.huge_zero.lock().unwrap_or_else(|e| e.into_inner()) == Some(pfn)
+        pfn != 0 && self.huge_zero.load(Ordering::Acquire) == pfn
     }
 
     /// Maps a 2 MiB page at `va` with a deposited PTE table (a THP fault). Returns the first

@@ -53,12 +53,15 @@ pub struct VmaInfo {
 pub(crate) struct RwSpin(AtomicU32);
 
 const WRITER: u32 = 1 << 31;
+/// A writer is waiting: new readers fail (and fall back to the mmap lock), so the writer only
+/// waits for the readers already inside and cannot be starved.
+const PENDING: u32 = 1 << 30;
 
 impl RwSpin {
     fn read_trylock(&self) -> bool {
         self.0
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |v| {
-                (v & WRITER == 0).then_some(v + 1)
+                (v & (WRITER | PENDING) == 0).then_some(v + 1)
             })
             .is_ok()
     }
@@ -66,9 +69,20 @@ impl RwSpin {
         self.0.fetch_sub(1, Ordering::Release);
     }
     fn write_lock(&self) {
+        // Announce (one writer at a time: writers hold the mmap lock for writing) ...
         while self
             .0
-            .compare_exchange_weak(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |v| {
+                (v & (WRITER | PENDING) == 0).then_some(v | PENDING)
+            })
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        // ... then wait for the readers already inside to leave.
+        while self
+            .0
+            .compare_exchange_weak(PENDING, WRITER, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
             std::thread::yield_now();
@@ -101,6 +115,9 @@ impl Vma {
     }
     fn contains(&self, va: u64) -> bool {
         self.start <= va && va < self.end
+    }
+    pub(crate) fn contains_addr(&self, va: u64) -> bool {
+        self.contains(va)
     }
 }
 
