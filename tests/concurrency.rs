@@ -755,9 +755,6 @@ fn move_normal_pmd_vs_walkers() {
 /// the kernel a writer marks the VMA first, so new readers fail at once and fall back to the
 /// mmap lock, and it only waits for the readers already inside.
 #[test]
-#[ignore = "bug: RwSpin::write_lock (src/mmu/vma.rs) only CASes the reader count from 0 to \
-            WRITER and has no writer-pending state, so overlapping lock_vma_under_rcu readers \
-            starve vma_start_write (seen: 0.3 s to 27 s per acquisition with two readers)"]
 fn vma_start_write_is_not_starved_by_readers() {
     let (mmu, _) = new_mmu();
     let r1 = region(1);

@@ -326,9 +326,6 @@ fn pte_alloc_installs_one_empty_table() {
 }
 
 #[test]
-#[ignore = "bug: MmapReadGuard::pte_alloc installs the missing PMD table (pmd_alloc) and then \
-            fails in pte_alloc_one with OutOfFrames, leaving the new upper level behind \
-            (src/mmu/fault.rs, pte_alloc); errors are promised to leave the MMU unchanged"]
 fn pte_alloc_out_of_frames_changes_nothing() {
     let mmu = Mmu::new(MmuConfig {
         frames: 16,
@@ -345,7 +342,8 @@ fn pte_alloc_out_of_frames_changes_nothing() {
         let mm = m.mmap_read_lock();
         mm.pte_alloc(GIB).map(|_| ())
     });
-    assert_eq!(err, Err(Error::OutOfFrames { needed: 1, free: 0 }));
+    // Both tables are reserved before anything changes.
+    assert_eq!(err, Err(Error::OutOfFrames { needed: 2, free: 1 }));
     for pfn in held {
         mmu.put_page(pfn);
     }
@@ -361,7 +359,7 @@ fn pmd_install_winner_publishes_loser_frees_at_once() {
         let pmd = mm.pmd_alloc(region(1)).unwrap();
         let t1 = DetachedPmd::pte_alloc_one(&mmu).unwrap();
         let t1_pfn = t1.table().pfn;
-        assert!(mmu.pmd_install(&pmd, t1), "the slot was none");
+        assert!(mm.pmd_install(&pmd, t1), "the slot was none");
         assert_eq!(pmd.pmd_val().kind(), PmdKind::Table(t1_pfn));
 
         // The race: another fault allocated its table before seeing the slot populated.
@@ -369,7 +367,7 @@ fn pmd_install_winner_publishes_loser_frees_at_once() {
         let t2 = DetachedPmd::pte_alloc_one(&mmu).unwrap();
         let t2_pfn = t2.table().pfn;
         assert_eq!(mmu.free_frames(), free - 1);
-        assert!(!mmu.pmd_install(&pmd, t2), "the slot was populated");
+        assert!(!mm.pmd_install(&pmd, t2), "the slot was populated");
         // The loser's table was never published: freed at once, no frame leaked.
         assert_eq!(mmu.free_frames(), free);
         assert!(is_free(&mmu, t2_pfn));
@@ -392,7 +390,7 @@ fn pmd_install_on_a_huge_pmd_loses() {
         let mm = mmu.mmap_read_lock();
         let pmd = mm.pmd_offset(region(1)).unwrap().unwrap();
         let t = DetachedPmd::pte_alloc_one(&mmu).unwrap();
-        assert!(!mmu.pmd_install(&pmd, t));
+        assert!(!mm.pmd_install(&pmd, t));
     }
     assert_eq!(mmu.stats().tables_freed_now, freed_now + 1);
     assert_eq!(mmu.dump(), before);
@@ -559,10 +557,6 @@ fn cow_fault_errors() {
 }
 
 #[test]
-#[ignore = "bug: cow_fault prepares the VMA's anon_vma before it checks that a file page is \
-            mapped, so a failing call (NotMapped, OutOfFrames) leaves anon_vma set \
-            (src/mmu/fault.rs cow_fault, anon_vma_prepare before pte_offset_map_lock), which \
-            the dump shows and which makes retract_page_tables skip the VMA for good"]
 fn cow_fault_failure_leaves_the_vma_alone() {
     let mmu = mmu(1024);
     mmu.mmap(region(1), PMD_SIZE, VmaKind::File).unwrap();
@@ -716,17 +710,17 @@ fn split_of_a_present_thp() {
         .map(|&o| mmu.translate(region(1) + o).unwrap())
         .collect();
     assert_eq!(before, after);
-    // Each base page now holds its own reference.
-    assert!((head..head + ENTRIES).all(|pfn| mmu.page_refs(pfn) == 1));
+    // The folio stays whole; each of the 512 PTEs now holds a reference to it.
+    assert!((head..head + ENTRIES).all(|pfn| mmu.page_refs(pfn) == ENTRIES as u32));
     assert_eq!(mmu.free_frames(), free, "no frame allocated or freed");
     let s1 = mmu.stats();
     assert_eq!(s1.splits, s0.splits + 1);
     assert_eq!(s1.tables_installed, s0.tables_installed + 1);
-    // Zapping the base pages one by one frees them one by one.
+    // Zapping a base page drops one reference to the folio; the folio stays until the last.
     mmu.unmap_page(region(1) + 7 * PAGE_SIZE).unwrap();
     mmu.rcu_barrier();
-    assert!(is_free(&mmu, head + 7));
-    assert_eq!(mmu.frame_kind(head + 8), Some(FrameKind::Data));
+    assert_eq!(mmu.frame_kind(head + 7), Some(FrameKind::Data));
+    assert_eq!(mmu.page_refs(head), ENTRIES as u32 - 1);
     // Outside a VMA the PTEs are not anonymous.
     let h2 = mmu.map_huge(region(2)).unwrap();
     assert_eq!(mmu.split_huge_pmd(region(2)), Ok(SplitOutcome::Split));
@@ -790,11 +784,6 @@ fn split_of_a_migration_entry() {
 }
 
 #[test]
-#[ignore = "bug: split_huge_pmd reports SplitOutcome::NotHuge (\"no huge pmd there\") when it \
-            cannot allocate the zero page or a table, although a huge pmd is there \
-            (src/mmu/thp.rs split_huge_pmd_at: `let Ok(zero) = self.zero_pfn() else { return \
-            SplitOutcome::NotHuge }`, and the pte_alloc_one fallback); zap_range then leaves \
-            the range mapped. Expected Err(OutOfFrames)"]
 fn split_out_of_frames_is_an_error() {
     let mmu = mmu(1024);
     mmu.map_huge_zero(region(1)).unwrap();
@@ -813,10 +802,6 @@ fn split_out_of_frames_is_an_error() {
 }
 
 #[test]
-#[ignore = "bug: zap_range (src/mmu/zap.rs) skips a huge migration pmd (`_ => {}`), unmap_huge \
-            calls it TableInTheWay and free_pgtables skips it (NoTable), so munmap leaves the \
-            migration entry and its deposited table behind after the VMA is gone; the kernel's \
-            zap_pmd_range zaps swap pmds with zap_huge_pmd (deposit freed)"]
 fn munmap_zaps_a_huge_migration_entry() {
     let mmu = mmu(2048);
     mmu.mmap(region(1), PMD_SIZE, VmaKind::Anon).unwrap();
@@ -1188,6 +1173,7 @@ fn collapse_pte_mapped_thp_aborts() {
 fn collapse_pte_mapped_thp_without_a_huge_page_removes_the_table() {
     // 1000 frames: the second 2 MiB run is cut short, the first holds frame 0: no huge page.
     let mmu = mmu(1000);
+    mmu.mmap(region(1), PMD_SIZE, VmaKind::File).unwrap();
     let pages = map_pages(&mmu, region(1), ENTRIES);
     let t = table_of(&mmu, region(1));
     assert_eq!(
@@ -1212,6 +1198,7 @@ fn collapse_pte_mapped_thp_without_a_huge_page_removes_the_table() {
 #[test]
 fn rw_nolock_revalidate_fails_when_the_table_was_retracted_between() {
     let mmu = mmu(2048);
+    mmu.mmap(region(1), PMD_SIZE, VmaKind::File).unwrap();
     let pages = map_pages(&mmu, region(1), 4);
     let t = table_of(&mmu, region(1));
     {
@@ -1303,25 +1290,25 @@ fn hold_pte_lock<'s, 'm: 's>(
     release_tx
 }
 
-/// Step 4 of `collapse_pte_mapped_thp` finds the table gone: the PTEs were cleared in step 2,
-/// and before the collapse gets the PMD lock, PT_RECLAIM frees the (now empty) table. Made
-/// deterministic by holding the PMD lock while both run into it; when the reclaim wins, the
-/// collapse must give up on the table (`TableRemoved`), not detach or free it a second time.
+/// `collapse_pte_mapped_thp` and PT_RECLAIM meet at the PMD lock: the collapse takes it
+/// before it clears anything, the reclaim (after zapping the PTEs under the PTE lock) fails
+/// its trylock and waits for it. Made deterministic by holding the PMD lock while both run
+/// into it. Whoever wins, the table is detached and freed exactly once and nothing is lost.
 #[test]
-fn collapse_pte_mapped_thp_loses_its_table_to_pt_reclaim_between_steps() {
+fn collapse_pte_mapped_thp_and_pt_reclaim_serialise_on_the_pmd_lock() {
     let mmu = mmu(4096);
-    let mut reclaim_first = false;
+    mmu.mmap(region(1), PMD_SIZE, VmaKind::File).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
     for _ in 0..20 {
         let pages = mmu.map_pages(region(1), ENTRIES as usize).unwrap();
         let t = table_of(&mmu, region(1));
         let (outcome, zap) = std::thread::scope(|s| {
             let release = hold_pmd_lock(s, &mmu, region(1));
             let collapse = s.spawn(|| mmu.collapse_pte_mapped_thp(region(1)).unwrap());
-            // Step 2 done: the PTEs are cleared, the collapse waits for the PMD lock.
-            wait_until("step 2", || mmu.translate(region(1)).unwrap().is_none());
-            // The reclaim finds the table empty, fails the trylock and waits too.
             let zap = s.spawn(|| mmu.madvise_dontneed(region(1), PMD_SIZE, true).unwrap());
-            std::thread::sleep(Duration::from_millis(10));
+            // The zap clears every PTE under the PTE lock, then waits for the PMD lock.
+            wait_until("the zap", || mmu.translate(region(1)).unwrap().is_none());
+            std::thread::sleep(Duration::from_millis(5));
             release.send(()).unwrap();
             (collapse.join().unwrap(), zap.join().unwrap())
         });
@@ -1329,34 +1316,27 @@ fn collapse_pte_mapped_thp_loses_its_table_to_pt_reclaim_between_steps() {
         assert!(is_free(&mmu, t), "the table is freed once");
         assert!(pages.iter().all(|&p| is_free(&mmu, p)));
         assert_eq!(mmu.audit().violations(), 0);
-        match outcome {
-            CollapseOutcome::TableRemoved => {
-                assert_eq!(zap.tables_reclaimed, 1);
-                assert_eq!(pmd_kind(&mmu, region(1)), Some(PmdKind::None));
-                reclaim_first = true;
-                break;
-            }
-            CollapseOutcome::Collapsed => {
-                assert_eq!(zap.tables_reclaimed, 0);
-                mmu.unmap_huge(region(1)).unwrap();
-            }
-            CollapseOutcome::Aborted => panic!("aborted"),
+        assert!(mmu.check_tables().is_empty());
+        // The zap emptied the table before the collapse could look: nothing to collapse, and
+        // the table went to whichever of them detached it.
+        assert_eq!(outcome, CollapseOutcome::Aborted);
+        assert!(zap.tables_reclaimed <= 1);
+        seen.insert(zap.tables_reclaimed);
+        if pmd_kind(&mmu, region(1)) == Some(PmdKind::Table(t)) {
+            panic!("a freed table is still installed");
         }
+        let _ = mmu.madvise_dontneed(region(1), PMD_SIZE, true);
     }
-    assert!(reclaim_first, "the reclaim never won the PMD lock");
+    assert!(seen.contains(&1), "the reclaim never freed the table");
     finish(&mmu);
 }
 
-/// `collapse_pte_mapped_thp` clears the PTEs in step 2 and detaches the table in step 4; in
-/// between, a fault may fill a hole (the kernel keeps faults out with the locked huge folio,
-/// and takes the PMD lock early where faults do not need the folio). Here the range maps file
-/// pages with one hole but lies in an anonymous VMA (mapped before the VMA was created, which
-/// nothing forbids), so the fault in the hole maps an anonymous page: it must not be lost.
+/// A fault that fills a hole while `collapse_pte_mapped_thp` runs must not be lost: the
+/// collapse holds the PMD lock from before it clears the PTEs until it detaches the table,
+/// and works only on file VMAs. Here the range maps file pages with one hole but lies in an
+/// anonymous VMA (mapped before the VMA was created, which nothing forbids), so the fault in
+/// the hole maps an anonymous page, and the collapse must leave the range alone.
 #[test]
-#[ignore = "bug: collapse_pte_mapped_thp neither checks that the VMA is file-backed nor keeps \
-            faults out between step 2 (clear) and step 4 (detach): a page faulted into a hole \
-            meanwhile is detached with the table and dropped (src/mmu/khugepaged.rs \
-            collapse_pte_mapped_thp; anon_pages_lost counts it)"]
 fn collapse_pte_mapped_thp_keeps_a_page_faulted_in_between_steps() {
     let mmu = mmu(4096);
     let hole = region(1) + 7 * PAGE_SIZE;
@@ -1367,14 +1347,16 @@ fn collapse_pte_mapped_thp_keeps_a_page_faulted_in_between_steps() {
     let (outcome, faulted) = std::thread::scope(|s| {
         let release = hold_pmd_lock(s, &mmu, region(1));
         let collapse = s.spawn(|| mmu.collapse_pte_mapped_thp(region(1)).unwrap());
-        wait_until("step 2", || mmu.translate(region(1)).unwrap().is_none());
+        std::thread::sleep(Duration::from_millis(10));
         let faulted = mmu.map_page(hole).unwrap();
         release.send(()).unwrap();
         (collapse.join().unwrap(), faulted)
     });
     mmu.rcu_barrier();
+    assert_eq!(outcome, CollapseOutcome::Aborted);
     assert_eq!(mmu.stats().anon_pages_lost, 0, "outcome {outcome:?}");
     assert_eq!(mmu.frame_kind(faulted), Some(FrameKind::Data));
+    assert_eq!(mmu.translate(hole), Ok(Some(faulted << 12)));
     finish(&mmu);
 }
 
@@ -1627,10 +1609,6 @@ fn gup_pin_outlives_an_unmap() {
 }
 
 #[test]
-#[ignore = "bug: split_huge_pmd splits the folio's refcount (Frames::split_refs: tails get 1, \
-            pins stay on the head) although gup_fast pinned a subpage through the head; a \
-            later 4 KiB zap frees the pinned subpage (src/mmu/thp.rs split_huge_pmd_at, \
-            src/mmu/frames.rs split_refs, src/mmu/gup.rs PinnedPage.folio)"]
 fn pin_of_a_thp_subpage_survives_split_and_zap() {
     let mmu = mmu(2048);
     let head = mmu.map_huge(region(1)).unwrap();
@@ -1781,8 +1759,9 @@ fn madvise_dontneed_on_huge_pages() {
     );
     mmu.rcu_barrier();
     assert!((h1..h1 + ENTRIES).all(|p| is_free(&mmu, p)));
-    assert!(is_free(&mmu, h2 + 1) && is_free(&mmu, h2 + 2));
-    assert_eq!(mmu.page_refs(h2 + 3), 1);
+    // The folio stays whole: two of its 512 PTE references were dropped.
+    assert_eq!(mmu.frame_kind(h2 + 1), Some(FrameKind::Data));
+    assert_eq!(mmu.page_refs(h2 + 3), ENTRIES as u32 - 2);
     finish(&mmu);
 }
 
@@ -1822,10 +1801,6 @@ fn madvise_dontneed_errors() {
 /// huge pmd) and `split_huge_pmd` both wait for it; whichever gets it first, no page that was
 /// mapped before `MADV_DONTNEED` may stay mapped after it returns.
 #[test]
-#[ignore = "bug: zap_range skips the region when zap_huge_pmd fails because the pmd was split \
-            under it (no fall-through to zap_ptes, src/mmu/zap.rs zap_range), and zap_ptes \
-            gives up when pte_offset_map_lock finds a huge pmd (no retry); the kernel falls \
-            through and retries the pmd"]
 fn madvise_dontneed_zaps_a_thp_split_under_it() {
     let mmu = mmu(4096);
     let va = region(1);
