@@ -50,13 +50,12 @@ pub fn page_table_check_pte_clear_range(
 impl Mmu {
     /// Checks the whole MMU (under the mmap write lock): every pmd that names a table names a
     /// live PTE-table frame, no table is named twice, every deposit is a live PTE table, every
-    /// present PTE maps a data frame with references, and nothing is malformed. Returns the
-    /// problems found.
+    /// present PTE maps a data frame with references, huge pmds map data, and nothing is
+    /// malformed. Returns the problems found.
     pub fn check_tables(&self) -> Vec<String> {
         let _mm = self.mmap_write_lock();
         let mut problems = Vec::new();
         let mut seen = HashSet::new();
-        let frames = self.frames.nframes() as u64;
         for l4 in 0..ENTRIES {
             let Some(pud) = self.table_at(self.root, l4) else {
                 continue;
@@ -65,74 +64,82 @@ impl Mmu {
                 let Some(pmdt) = self.table_at(pud, l3) else {
                     continue;
                 };
-                let dep = self
-                    .frames
-                    .desc(pmdt)
-                    .deposit
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                for (i, t) in dep {
-                    if self.frames.kind(t) != FrameKind::Pte {
-                        problems.push(format!(
-                            "deposit at pmd table {pmdt:#x}[{i}] is a {:?} frame",
-                            self.frames.kind(t)
-                        ));
-                    }
-                    if !seen.insert(t) {
-                        problems.push(format!("table {t:#x} is referenced twice"));
-                    }
-                }
+                let base = ((l4 as u64) << 39) | ((l3 as u64) << 30);
+                self.check_deposits(pmdt, &mut seen, &mut problems);
                 for l2 in 0..ENTRIES {
                     let raw = self.frames.cell(pmdt, l2).0.load(Ordering::Acquire);
-                    let va = ((l4 as u64) << 39) | ((l3 as u64) << 30) | ((l2 as u64) << 21);
-                    match super::entry::classify_pmd(raw, frames) {
-                        PmdKind::Table(t) => {
-                            if self.frames.kind(t) != FrameKind::Pte {
-                                problems.push(format!(
-                                    "pmd for {va:#x} names a {:?} frame {t:#x}",
-                                    self.frames.kind(t)
-                                ));
-                                continue;
-                            }
-                            if !seen.insert(t) {
-                                problems.push(format!("table {t:#x} is referenced twice"));
-                            }
-                            for i in 0..ENTRIES {
-                                let pte =
-                                    Pte::from_raw(self.frames.cell(t, i).0.load(Ordering::Acquire));
-                                if pte.is_bad() {
-                                    problems.push(format!(
-                                        "pte for {:#x} is malformed",
-                                        va | ((i as u64) << 12)
-                                    ));
-                                } else if let Some(pfn) = pte.pfn().filter(|_| !pte.is_special()) {
-                                    if pfn >= frames
-                                        || self.frames.kind(pfn) != FrameKind::Data
-                                        || self.frames.refs(pfn) == 0
-                                    {
-                                        problems.push(format!("pte for {:#x} maps frame {pfn:#x} that is not a live data page", va | ((i as u64) << 12)));
-                                    }
-                                }
-                            }
-                        }
-                        PmdKind::Huge(pfn) => {
-                            if self.frames.kind(pfn) != FrameKind::Data {
-                                problems.push(format!(
-                                    "huge pmd for {va:#x} maps a {:?} frame",
-                                    self.frames.kind(pfn)
-                                ));
-                            }
-                        }
-                        PmdKind::Bad => {
-                            problems.push(format!("pmd for {va:#x} is malformed: {raw:#x}"))
-                        }
-                        _ => {}
-                    }
+                    self.check_pmd(base | ((l2 as u64) << 21), raw, &mut seen, &mut problems);
                 }
             }
         }
         problems
+    }
+
+    fn check_deposits(&self, pmdt: u64, seen: &mut HashSet<u64>, problems: &mut Vec<String>) {
+        let dep = self
+            .frames
+            .desc(pmdt)
+            .deposit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (i, t) in dep {
+            if self.frames.kind(t) != FrameKind::Pte {
+                problems.push(format!(
+                    "deposit at pmd table {pmdt:#x}[{i}] is a {:?} frame",
+                    self.frames.kind(t)
+                ));
+            }
+            if !seen.insert(t) {
+                problems.push(format!("table {t:#x} is referenced twice"));
+            }
+        }
+    }
+
+    fn check_pmd(&self, va: u64, raw: u64, seen: &mut HashSet<u64>, problems: &mut Vec<String>) {
+        match super::entry::classify_pmd(raw, self.frames.nframes() as u64) {
+            PmdKind::Table(t) if self.frames.kind(t) != FrameKind::Pte => problems.push(format!(
+                "pmd for {va:#x} names a {:?} frame {t:#x}",
+                self.frames.kind(t)
+            )),
+            PmdKind::Table(t) => {
+                if !seen.insert(t) {
+                    problems.push(format!("table {t:#x} is referenced twice"));
+                }
+                self.check_ptes(va, t, problems);
+            }
+            PmdKind::Huge(pfn) if self.frames.kind(pfn) != FrameKind::Data => {
+                problems.push(format!(
+                    "huge pmd for {va:#x} maps a {:?} frame",
+                    self.frames.kind(pfn)
+                ))
+            }
+            PmdKind::Bad => problems.push(format!("pmd for {va:#x} is malformed: {raw:#x}")),
+            _ => {}
+        }
+    }
+
+    fn check_ptes(&self, va: u64, table: u64, problems: &mut Vec<String>) {
+        let frames = self.frames.nframes() as u64;
+        for i in 0..ENTRIES {
+            let pte = Pte::from_raw(self.frames.cell(table, i).0.load(Ordering::Acquire));
+            let at = va | ((i as u64) << 12);
+            if pte.is_bad() {
+                problems.push(format!("pte for {at:#x} is malformed"));
+                continue;
+            }
+            let Some(pfn) = pte.pfn().filter(|_| !pte.is_special()) else {
+                continue;
+            };
+            if pfn >= frames
+                || self.frames.kind(pfn) != FrameKind::Data
+                || self.frames.refs(pfn) == 0
+            {
+                problems.push(format!(
+                    "pte for {at:#x} maps frame {pfn:#x} that is not a live data page"
+                ));
+            }
+        }
     }
 
     fn table_at(&self, table: u64, index: usize) -> Option<u64> {
