@@ -1,82 +1,167 @@
-//! The main job: a torture run of page-table walkers against a remover, with the use-after-free
-//! audit armed.
+//! The main job: an rcutorture-style run of every page-table operation of the in-memory MMU
+//! on all cores, with the use-after-free audit armed.
 //!
-//! Threads:
-//! - lockless walkers (case 2): open an RCU read section, copy the pmd in a lockless walk,
-//!   `pte_offset_map` the copy, read PTEs, recheck the pmd against its slot (GUP-fast style);
-//! - locked walkers (case 3): take the mmap read lock, walk to the pmd slot,
-//!   `pte_offset_map_lock` (lock, `pmd_same` recheck, retry), read and age PTEs;
-//! - one retracter: detaches whole PTE tables under the PMD and PTE locks
-//!   (`pmdp_collapse_flush`), frees them after a grace period (`pte_free_defer`), and faults the
-//!   pages back in.
+//! Readers walk the tables the three ways the kernel does: lockless with an RCU-copied pmd
+//! (case 2), GUP-fast (case 2 with the pmd and pte recheck), and under the mmap or VMA lock
+//! with `pte_offset_map_lock` (case 3), writing the accessed bit. Updaters run a seeded random
+//! mix of faults, THP maps and splits, khugepaged retracts and collapses, copy-on-write faults,
+//! `MADV_DONTNEED` with empty-table reclaim, munmap with `free_pgtables`, and mremap's
+//! `move_normal_pmd`. The run ends with a report table and a whole-MMU consistency check; it
+//! exits non-zero on any use-after-free, inconsistent table or lost anonymous page.
 //!
-//! It prints a report and exits non-zero on any violation. `--unprotected` swaps the lockless
-//! walkers for ones that keep a pmd value past their read section and map it through the
-//! `unsafe` escape hatch: the audit must then report violations.
-//!
-//! ```text
-//! cargo run --release --example torture -- [--seconds N] [--threads N] [--seed N]
-//!                                          [--frames N] [--regions N] [--unprotected]
-//! ```
+//! `--unprotected` swaps the lockless readers for ones that keep a pmd past their read section
+//! and map it through the `unsafe` escape hatch: the audit must then report violations.
+//! `--threads 1` runs one thread through a fixed number of seeded operations (`--ops`), so the
+//! same `--seed` gives the same counts every time.
 
+use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use typed_pgtable::mmu::{Mmu, MmuConfig, PMD_SIZE};
+use typed_pgtable::mmu::{Mmu, MmuConfig, VmaKind, PMD_SIZE};
 use typed_pgtable::provenance::{pte_offset_map, pte_offset_map_lock, pte_offset_map_unprotected};
 
-const PAGES_PER_REGION: u64 = 32;
 const BASE: u64 = 0x4000_0000;
+/// Where `move_normal_pmd` parks tables (one slot per region, in another 1 GiB).
+const SPARE: u64 = 0x8000_0000;
+const PAGES: u64 = 48;
 
-#[derive(Debug, Clone, Copy)]
+const USAGE: &str = "usage: torture [--seconds N] [--threads N] [--seed N] [--frames N] [--regions N] \
+[--ops N (with --threads 1)] [--only k1,k2,..] [--unprotected] [--no-progress]
+kinds: fault huge split retract collapse_file collapse_anon cow reclaim munmap mremap";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Walk,
+    Gup,
+    LockedWalk,
+    Fault,
+    Huge,
+    Split,
+    Retract,
+    CollapseFile,
+    CollapseAnon,
+    Cow,
+    Reclaim,
+    Munmap,
+    Mremap,
+}
+
+const UPDATES: [Kind; 10] = [
+    Kind::Fault,
+    Kind::Huge,
+    Kind::Split,
+    Kind::Retract,
+    Kind::CollapseFile,
+    Kind::CollapseAnon,
+    Kind::Cow,
+    Kind::Reclaim,
+    Kind::Munmap,
+    Kind::Mremap,
+];
+const ALL: [Kind; 13] = [
+    Kind::Walk,
+    Kind::Gup,
+    Kind::LockedWalk,
+    Kind::Fault,
+    Kind::Huge,
+    Kind::Split,
+    Kind::Retract,
+    Kind::CollapseFile,
+    Kind::CollapseAnon,
+    Kind::Cow,
+    Kind::Reclaim,
+    Kind::Munmap,
+    Kind::Mremap,
+];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Walk => "lockless walk",
+            Kind::Gup => "gup_fast",
+            Kind::LockedWalk => "locked walk",
+            Kind::Fault => "fault",
+            Kind::Huge => "huge fault",
+            Kind::Split => "split",
+            Kind::Retract => "retract",
+            Kind::CollapseFile => "collapse_file",
+            Kind::CollapseAnon => "collapse_anon",
+            Kind::Cow => "cow",
+            Kind::Reclaim => "reclaim",
+            Kind::Munmap => "munmap",
+            Kind::Mremap => "mremap",
+        }
+    }
+    fn flag(self) -> &'static str {
+        match self {
+            Kind::Huge => "huge",
+            Kind::CollapseFile => "collapse_file",
+            Kind::CollapseAnon => "collapse_anon",
+            other => other.name(),
+        }
+    }
+    fn index(self) -> usize {
+        ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone)]
 struct Opts {
     seconds: f64,
     threads: usize,
     seed: u64,
     frames: usize,
     regions: u64,
+    ops: u64,
+    kinds: Vec<Kind>,
     unprotected: bool,
+    progress: bool,
 }
 
-const USAGE: &str = "usage: torture [--seconds N] [--threads N>=2] [--seed N] [--frames N] \
-                     [--regions N>=1] [--unprotected]";
-
 fn parse() -> Result<Opts, String> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut o = Opts {
         seconds: 10.0,
-        threads: 4,
+        threads: (3 * cores).max(4),
         seed: 0x5eed,
-        frames: 16 * 1024,
-        regions: 16,
+        frames: 64 * 1024,
+        regions: 24,
+        ops: 200_000,
+        kinds: UPDATES.to_vec(),
         unprotected: false,
+        progress: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        let num = |v: String, name: &str| v.parse::<u64>().map_err(|e| format!("{name}: {e}"));
         match a.as_str() {
             "--seconds" => {
-                o.seconds = val("--seconds")?
+                o.seconds = val(&a)?
                     .parse()
                     .map_err(|e| format!("--seconds: {e}"))?
             }
-            "--threads" => {
-                o.threads = val("--threads")?
-                    .parse()
-                    .map_err(|e| format!("--threads: {e}"))?
-            }
-            "--seed" => o.seed = val("--seed")?.parse().map_err(|e| format!("--seed: {e}"))?,
-            "--frames" => {
-                o.frames = val("--frames")?
-                    .parse()
-                    .map_err(|e| format!("--frames: {e}"))?
-            }
-            "--regions" => {
-                o.regions = val("--regions")?
-                    .parse()
-                    .map_err(|e| format!("--regions: {e}"))?
+            "--threads" => o.threads = num(val(&a)?, &a)? as usize,
+            "--seed" => o.seed = num(val(&a)?, &a)?,
+            "--frames" => o.frames = num(val(&a)?, &a)? as usize,
+            "--regions" => o.regions = num(val(&a)?, &a)?,
+            "--ops" => o.ops = num(val(&a)?, &a)?,
+            "--only" => {
+                let list = val(&a)?;
+                o.kinds = list
+                    .split(',')
+                    .map(|s| {
+                        UPDATES
+                            .iter()
+                            .copied()
+                            .find(|k| k.flag() == s.trim())
+                            .ok_or_else(|| format!("unknown kind {s:?}"))
+                    })
+                    .collect::<Result<_, _>>()?;
             }
             "--unprotected" => o.unprotected = true,
+            "--no-progress" => o.progress = false,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -84,16 +169,19 @@ fn parse() -> Result<Opts, String> {
     if !(o.seconds > 0.0 && o.seconds.is_finite()) {
         return Err("--seconds must be positive".into());
     }
-    if o.threads < 2 {
-        return Err("--threads must be at least 2 (one lockless and one locked walker)".into());
+    if o.threads == 0 || o.threads > 256 {
+        return Err("--threads must be between 1 and 256".into());
     }
-    if o.regions == 0 || o.regions > 256 {
-        return Err("--regions must be between 1 and 256".into());
+    if !(2..=256).contains(&o.regions) {
+        return Err("--regions must be between 2 and 256".into());
+    }
+    if o.kinds.is_empty() {
+        return Err("--only needs at least one kind".into());
     }
     Ok(o)
 }
 
-/// splitmix64: small, seedable, good enough to pick addresses.
+/// splitmix64: small, seedable, good enough to pick operations and addresses.
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -104,116 +192,173 @@ impl Rng {
         z ^ (z >> 31)
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next() % n.max(1)
     }
 }
 
-#[derive(Default)]
-struct Counts {
-    lockless_walks: AtomicU64,
-    lockless_hits: AtomicU64,
-    rechecks_failed: AtomicU64,
-    locked_walks: AtomicU64,
-    locked_writes: AtomicU64,
-    retracts: AtomicU64,
-    remapped_pages: AtomicU64,
+struct Stats {
+    ok: Vec<AtomicU64>,
+    failed: Vec<AtomicU64>,
 }
 
-fn page_va(region: u64, page: u64) -> u64 {
-    BASE + region * PMD_SIZE + page * 0x1000
-}
-
-fn populate(mmu: &Mmu, region: u64) -> u64 {
-    let mut n = 0;
-    for page in 0..PAGES_PER_REGION {
-        if mmu.map_page(page_va(region, page)).is_ok() {
-            n += 1;
+impl Stats {
+    fn new() -> Stats {
+        Stats {
+            ok: ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            failed: ALL.iter().map(|_| AtomicU64::new(0)).collect(),
         }
     }
-    n
+    fn count(&self, k: Kind, ok: bool) {
+        let v = if ok { &self.ok } else { &self.failed };
+        v[k.index()].fetch_add(1, Ordering::Relaxed);
+    }
+    fn total(&self) -> u64 {
+        self.ok.iter().chain(&self.failed).map(|a| a.load(Ordering::Relaxed)).sum()
+    }
 }
 
-fn lockless_walker(mmu: &Mmu, o: &Opts, c: &Counts, stop: &AtomicBool, mut rng: Rng) {
-    while !stop.load(Ordering::Relaxed) {
-        let va = page_va(rng.below(o.regions), rng.below(PAGES_PER_REGION));
-        let guard = mmu.rcu_read_lock();
-        let Ok(Some(copy)) = mmu.pmd_copy_lockless(&guard, va) else {
-            continue;
+/// Even regions are anonymous VMAs, odd ones file VMAs; each is one 2 MiB VMA.
+fn region_kind(r: u64) -> VmaKind {
+    if r % 2 == 0 { VmaKind::Anon } else { VmaKind::File }
+}
+fn region(r: u64) -> u64 {
+    BASE + r * PMD_SIZE
+}
+fn page(r: u64, p: u64) -> u64 {
+    region(r) + p * 0x1000
+}
+
+struct World<'a> {
+    mmu: &'a Mmu,
+    o: &'a Opts,
+    stats: &'a Stats,
+}
+
+impl World<'_> {
+    fn walk(&self, rng: &mut Rng) {
+        let va = page(rng.below(self.o.regions), rng.below(PAGES));
+        let guard = self.mmu.rcu_read_lock();
+        let mut ok = false;
+        if let Ok(Some(copy)) = self.mmu.pmd_copy_lockless(&guard, va) {
+            if let Ok(map) = pte_offset_map(&copy, va) {
+                ok = (0..8).any(|i| map.ptep_get(va + i * 0x1000).is_present()) && copy.still_installed();
+            }
+        }
+        self.stats.count(Kind::Walk, ok);
+    }
+
+    fn unprotected_walk(&self, rng: &mut Rng) {
+        let va = page(rng.below(self.o.regions), rng.below(PAGES));
+        let Ok(Some(stale)) = self.mmu.pmd_read_unprotected(va) else {
+            self.stats.count(Kind::Walk, false);
+            return;
         };
-        if let Ok(map) = pte_offset_map(&copy, va) {
-            let mut present = 0;
-            for i in 0..8 {
-                if map.ptep_get(va + i * 0x1000).is_present() {
-                    present += 1;
-                }
-            }
-            if present > 0 {
-                c.lockless_hits.fetch_add(1, Ordering::Relaxed);
-            }
-            // GUP-fast's recheck: did the table stay installed while we looked?
-            if !copy.still_installed() {
-                c.rechecks_failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        c.lockless_walks.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// The broken walker: keeps the pmd value after its read section and maps it without proof.
-fn unprotected_walker(mmu: &Mmu, o: &Opts, c: &Counts, stop: &AtomicBool, mut rng: Rng) {
-    while !stop.load(Ordering::Relaxed) {
-        let va = page_va(rng.below(o.regions), rng.below(PAGES_PER_REGION));
-        let Ok(Some(stale)) = mmu.pmd_read_unprotected(va) else {
-            continue;
-        };
-        // Widen the window in which the table can be retracted and freed.
-        for _ in 0..rng.below(4) {
-            std::thread::yield_now();
-        }
-        // SAFETY: deliberately unsound: the value is kept past its read section. The MMU's
-        // arena never releases memory, so this is a logical use-after-free the audit reports,
-        // not undefined behaviour.
-        if let Ok(map) = unsafe { pte_offset_map_unprotected(&stale, va) } {
-            for i in 0..8 {
-                let _ = map.ptep_get(va + i * 0x1000);
+        std::thread::yield_now();
+        // SAFETY: deliberately unsound (`--unprotected`): the value is kept past its read
+        // section. The MMU never releases frame memory, so this is a logical use-after-free
+        // that the audit reports, not undefined behaviour.
+        let ok = match unsafe { pte_offset_map_unprotected(&stale, va) } {
+            Ok(map) => (0..8).map(|i| {
                 std::thread::yield_now();
-            }
-        }
-        c.lockless_walks.fetch_add(1, Ordering::Relaxed);
+                map.ptep_get(va + i * 0x1000).is_present()
+            }).fold(false, |a, b| a | b),
+            Err(_) => false,
+        };
+        self.stats.count(Kind::Walk, ok);
     }
-}
 
-fn locked_walker(mmu: &Mmu, o: &Opts, c: &Counts, stop: &AtomicBool, mut rng: Rng) {
-    while !stop.load(Ordering::Relaxed) {
-        let va = page_va(rng.below(o.regions), rng.below(PAGES_PER_REGION));
-        let mm = mmu.mmap_read_lock();
-        if let Ok(Some(pmd)) = mm.pmd_offset(va) {
-            if let Ok(pte) = pte_offset_map_lock(&pmd, va) {
-                let old = pte.ptep_get(va);
-                if old.is_present() {
-                    // Age the page, as reclaim's young-bit scan does; allowed: `Attached`.
-                    let new = if old.is_young() {
-                        old.mkold()
-                    } else {
-                        old.mkyoung()
-                    };
-                    pte.set_pte(va, new);
-                    c.locked_writes.fetch_add(1, Ordering::Relaxed);
+    fn gup(&self, rng: &mut Rng) {
+        let va = page(rng.below(self.o.regions), rng.below(PAGES - 8));
+        let pins = self.mmu.gup_fast(va, 8).unwrap_or_default();
+        let ok = !pins.is_empty() && pins.iter().all(|p| self.mmu.page_refs(p.pfn()) >= 1);
+        self.stats.count(Kind::Gup, ok);
+    }
+
+    fn locked_walk(&self, rng: &mut Rng) {
+        let va = page(rng.below(self.o.regions), rng.below(PAGES));
+        let write = |pmd: Option<typed_pgtable::provenance::PmdRef<'_, Mmu, typed_pgtable::provenance::InTable>>| {
+            let Some(pmd) = pmd else { return false };
+            let Ok(pte) = pte_offset_map_lock(&pmd, va) else { return false };
+            let old = pte.ptep_get(va);
+            if old.is_present() && !old.is_special() {
+                pte.set_pte(va, if old.is_young() { old.mkold() } else { old.mkyoung() });
+                true
+            } else {
+                false
+            }
+        };
+        let ok = if rng.below(2) == 0 {
+            match self.mmu.lock_vma_under_rcu(va) {
+                Some(vg) => write(vg.pmd_offset(va).ok().flatten()),
+                None => false,
+            }
+        } else {
+            let mm = self.mmu.mmap_read_lock();
+            write(mm.pmd_offset(va).ok().flatten())
+        };
+        self.stats.count(Kind::LockedWalk, ok);
+    }
+
+    fn populate(&self, r: u64, rng: &mut Rng, n: u64) {
+        for _ in 0..n {
+            let _ = self.mmu.map_page(page(r, rng.below(PAGES)));
+        }
+    }
+
+    fn update(&self, kind: Kind, rng: &mut Rng) {
+        let mmu = self.mmu;
+        let r = rng.below(self.o.regions);
+        let anon = region_kind(r) == VmaKind::Anon;
+        let ok = match kind {
+            Kind::Fault => mmu.map_page(page(r, rng.below(PAGES))).is_ok(),
+            Kind::Huge => mmu.map_huge(region(r)).is_ok(),
+            Kind::Split => {
+                let s = mmu.split_huge_pmd(region(r));
+                matches!(s, Ok(o) if o != typed_pgtable::mmu::SplitOutcome::NotHuge)
+            }
+            Kind::Retract => !anon && mmu.retract_page_tables(region(r)).is_ok_and(|n| n > 0),
+            Kind::CollapseFile => {
+                !anon
+                    && matches!(mmu.collapse_pte_mapped_thp(region(r)), Ok(typed_pgtable::mmu::CollapseOutcome::Collapsed))
+            }
+            Kind::CollapseAnon => {
+                anon
+                    && matches!(mmu.collapse_huge_page(region(r)), Ok(typed_pgtable::mmu::CollapseOutcome::Collapsed))
+            }
+            Kind::Cow => !anon && mmu.cow_fault(page(r, rng.below(PAGES))).is_ok(),
+            Kind::Reclaim => mmu
+                .madvise_dontneed(region(r), PMD_SIZE, true)
+                .is_ok_and(|z| z.tables_reclaimed > 0),
+            Kind::Munmap => {
+                let ok = mmu.munmap(region(r), PMD_SIZE).is_ok();
+                let _ = mmu.mmap(region(r), PMD_SIZE, region_kind(r));
+                self.populate(r, rng, 8);
+                ok
+            }
+            Kind::Mremap => {
+                let spare = SPARE + r * PMD_SIZE;
+                let ok = mmu.move_normal_pmd(region(r), spare).is_ok();
+                if ok && mmu.move_normal_pmd(spare, region(r)).is_err() {
+                    // The region was refaulted meanwhile: drop what was parked.
+                    let _ = mmu.madvise_dontneed(spare, PMD_SIZE, true);
                 }
+                ok
             }
+            _ => false,
+        };
+        if kind != Kind::Munmap && rng.below(4) == 0 {
+            self.populate(r, rng, 4);
         }
-        c.locked_walks.fetch_add(1, Ordering::Relaxed);
+        self.stats.count(kind, ok);
     }
-}
 
-fn retracter(mmu: &Mmu, o: &Opts, c: &Counts, stop: &AtomicBool, mut rng: Rng) {
-    while !stop.load(Ordering::Relaxed) {
-        let region = rng.below(o.regions);
-        if mmu.retract_pte_table(page_va(region, 0)).is_ok() {
-            c.retracts.fetch_add(1, Ordering::Relaxed);
+    fn reader(&self, t: usize, rng: &mut Rng) {
+        match t % 3 {
+            0 if self.o.unprotected => self.unprotected_walk(rng),
+            0 => self.walk(rng),
+            1 => self.gup(rng),
+            _ => self.locked_walk(rng),
         }
-        c.remapped_pages
-            .fetch_add(populate(mmu, region), Ordering::Relaxed);
     }
 }
 
@@ -228,102 +373,136 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mmu = match Mmu::new(MmuConfig {
-        frames: o.frames,
-        va_limit: 1 << 40,
-    }) {
-        Ok(m) => Arc::new(m),
+    let mmu = match Mmu::new(MmuConfig { frames: o.frames, va_limit: 1 << 40 }) {
+        Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    for region in 0..o.regions {
-        populate(&mmu, region);
-    }
-    let walkers = o.threads;
-    let lockless = walkers.div_ceil(2);
-    println!(
-        "torture: {:.1} s, {} lockless{} + {} locked walkers, 1 retracter, seed {}, {} regions x {} pages",
-        o.seconds,
-        lockless,
-        if o.unprotected { " (UNPROTECTED)" } else { "" },
-        walkers - lockless,
-        o.seed,
-        o.regions,
-        PAGES_PER_REGION
-    );
-
-    let counts = Arc::new(Counts::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut handles = Vec::new();
-    for t in 0..=walkers {
-        let (mmu, counts, stop) = (mmu.clone(), counts.clone(), stop.clone());
-        let rng = Rng(o.seed ^ (t as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f));
-        handles.push(std::thread::spawn(move || {
-            if t == walkers {
-                retracter(&mmu, &o, &counts, &stop, rng)
-            } else if t < lockless && o.unprotected {
-                unprotected_walker(&mmu, &o, &counts, &stop, rng)
-            } else if t < lockless {
-                lockless_walker(&mmu, &o, &counts, &stop, rng)
-            } else {
-                locked_walker(&mmu, &o, &counts, &stop, rng)
+    let mut rng = Rng(o.seed);
+    for r in 0..o.regions {
+        if let Err(e) = mmu.mmap(region(r), PMD_SIZE, region_kind(r)) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        for p in 0..PAGES {
+            if rng.below(2) == 0 {
+                let _ = mmu.map_page(page(r, p));
             }
-        }));
+        }
     }
+    let stats = Stats::new();
+    let stop = AtomicBool::new(false);
+    let backlog_peak = AtomicU64::new(0);
+    let world = World { mmu: &mmu, o: &o, stats: &stats };
+    let readers = if o.threads == 1 { 0 } else { (o.threads / 2).max(2).min(o.threads - 1) };
+    let updaters = o.threads - readers;
+    println!(
+        "torture: seed {}, {} thread(s) ({} readers{}, {} updaters), {} regions, {} frames, {}",
+        o.seed,
+        o.threads,
+        readers,
+        if o.unprotected { ", UNPROTECTED" } else { "" },
+        updaters,
+        o.regions,
+        o.frames,
+        if o.threads == 1 { format!("{} ops", o.ops) } else { format!("{:.1} s", o.seconds) }
+    );
+    let bar = if o.progress { ProgressBar::new(if o.threads == 1 { o.ops } else { (o.seconds * 10.0) as u64 }) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let start = Instant::now();
-    std::thread::sleep(Duration::from_secs_f64(o.seconds));
-    stop.store(true, Ordering::Relaxed);
-    let mut panicked = false;
-    for h in handles {
-        panicked |= h.join().is_err();
-    }
+    let panicked = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        if o.threads == 1 {
+            let (world, bar) = (&world, &bar);
+            handles.push(s.spawn(move || {
+                let mut rng = Rng(world.o.seed ^ 0xa076_1d64_78bd_642f);
+                for i in 0..world.o.ops {
+                    match rng.below(4) {
+                        0 => {
+                            let k = world.o.kinds[rng.below(world.o.kinds.len() as u64) as usize];
+                            world.update(k, &mut rng)
+                        }
+                        n => world.reader(n as usize - 1, &mut rng),
+                    }
+                    if i % 1024 == 0 {
+                        bar.set_position(i);
+                    }
+                }
+            }));
+        } else {
+            for t in 0..o.threads {
+                let (world, stop) = (&world, &stop);
+                handles.push(s.spawn(move || {
+                    let mut rng = Rng(world.o.seed ^ (t as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f));
+                    while !stop.load(Ordering::Relaxed) {
+                        if t < readers {
+                            world.reader(t, &mut rng);
+                        } else {
+                            let k = world.o.kinds[rng.below(world.o.kinds.len() as u64) as usize];
+                            world.update(k, &mut rng);
+                        }
+                    }
+                }));
+            }
+            while start.elapsed().as_secs_f64() < o.seconds {
+                std::thread::sleep(Duration::from_millis(100));
+                let r = mmu.rcu().stats();
+                backlog_peak.fetch_max(r.callbacks_queued - r.callbacks_run, Ordering::Relaxed);
+                bar.set_position((start.elapsed().as_secs_f64() * 10.0) as u64);
+                bar.set_message(format!("{} ops, {} violations", stats.total(), mmu.audit().violations()));
+            }
+            stop.store(true, Ordering::Relaxed);
+        }
+        handles.into_iter().map(|h| h.join().is_err()).fold(false, |a, b| a | b)
+    });
+    bar.finish_and_clear();
     let elapsed = start.elapsed().as_secs_f64();
     mmu.rcu_barrier();
-
-    let c = &*counts;
+    let rcu = mmu.rcu().stats();
     let s = mmu.stats();
-    let r = mmu.rcu().stats();
     let violations = mmu.audit().violations();
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    println!("elapsed            {elapsed:>12.2} s");
-    println!(
-        "lockless walks     {:>12}  ({} saw pages, {} pmd rechecks failed)",
-        get(&c.lockless_walks),
-        get(&c.lockless_hits),
-        get(&c.rechecks_failed)
-    );
-    println!(
-        "locked walks       {:>12}  ({} PTE writes)",
-        get(&c.locked_walks),
-        get(&c.locked_writes)
-    );
-    println!(
-        "retracts           {:>12}  ({} pages faulted back)",
-        get(&c.retracts),
-        get(&c.remapped_pages)
-    );
-    println!("tables installed   {:>12}", s.tables_installed);
-    println!(
-        "deferred frees     {:>12}  (tables; {} RCU callbacks run of {} queued)",
-        s.tables_freed_deferred, r.callbacks_run, r.callbacks_queued
-    );
-    println!(
-        "immediate frees    {:>12}  (never-published tables)",
-        s.tables_freed_now
-    );
-    println!("audit checks       {:>12}", mmu.audit().checks());
-    println!("violations         {violations:>12}");
+    let problems = mmu.check_tables();
+
+    println!("{:<16} {:>12} {:>12} {:>12}", "operation", "done", "per second", "no-op/fail");
+    for k in ALL {
+        let ok = stats.ok[k.index()].load(Ordering::Relaxed);
+        let failed = stats.failed[k.index()].load(Ordering::Relaxed);
+        println!("{:<16} {:>12} {:>12.0} {:>12}", k.name(), ok, ok as f64 / elapsed, failed);
+    }
+    println!("{:<16} {:>12.2} s", "elapsed", elapsed);
+    println!("{:<16} {:>12}", "grace periods", rcu.grace_periods);
+    println!("{:<16} {:>12}  (tables; {} RCU callbacks run)", "deferred frees", s.tables_freed_deferred, rcu.callbacks_run);
+    println!("{:<16} {:>12}  (callbacks queued, not yet run)", "peak backlog", backlog_peak.load(Ordering::Relaxed));
+    println!("{:<16} {:>12}  (splits {}, collapses {}, reclaims {}, pgtables freed {}, moves {})", "tables", s.tables_installed, s.splits, s.collapses, s.reclaims, s.pgtables_freed, s.pmd_moves);
+    println!("{:<16} {:>12}", "audit checks", mmu.audit().checks());
+    println!("{:<16} {:>12}", "violations", violations);
+    println!("{:<16} {:>12}", "lost anon pages", s.anon_pages_lost);
+    println!("{:<16} {:>12}", "bad tables", problems.len());
     for v in mmu.audit().report().iter().take(5) {
         println!("  {v}");
     }
+    for p in problems.iter().take(5) {
+        println!("  {p}");
+    }
+    let mut fail = false;
     if panicked {
         eprintln!("FAIL: a thread panicked");
-        return ExitCode::FAILURE;
+        fail = true;
     }
     if violations > 0 {
         eprintln!("FAIL: {violations} page-table use-after-free detected");
+        fail = true;
+    }
+    if s.anon_pages_lost > 0 || !problems.is_empty() {
+        eprintln!("FAIL: {} lost anonymous pages, {} inconsistent tables", s.anon_pages_lost, problems.len());
+        fail = true;
+    }
+    if fail {
         return ExitCode::FAILURE;
     }
     println!("PASS");

@@ -69,6 +69,33 @@ pub enum Error {
     /// The pmd slot is not empty, so a table cannot be installed there.
     #[error("the pmd slot is occupied")]
     SlotOccupied,
+    /// The pmd names no PTE table.
+    #[error("no PTE table: {0}")]
+    NoTable(#[from] NoMap),
+    /// A range of zero length was given.
+    #[error("empty range at {addr:#x}")]
+    EmptyRange {
+        /// The start of the range.
+        addr: u64,
+    },
+    /// The address is outside the VMA (or the range) the walk lock covers.
+    #[error("{addr:#x} is outside the VMA the lock covers")]
+    OutsideVma {
+        /// The address.
+        addr: u64,
+    },
+    /// A VMA straddles the edge of the range (this model does not split VMAs).
+    #[error("the VMA at {addr:#x} straddles the edge of the range")]
+    PartialVma {
+        /// The start of the VMA.
+        addr: u64,
+    },
+    /// The operation needs a VMA of a certain kind there, and there is none.
+    #[error("no suitable VMA covers {addr:#x}")]
+    NotInVma {
+        /// The address.
+        addr: u64,
+    },
     /// A guard, pmd reference or table of one MMU (or RCU domain) was used with another.
     #[error("the guard or pmd belongs to a different MMU or RCU domain")]
     WrongMmu,

@@ -44,6 +44,9 @@
 //!   with split page-table locks, deferred frees and a use-after-free audit.
 //! - [`Error`], [`NoMap`]: typed errors; nothing in the crate panics on bad input.
 //!
+//! The [`guide`] teaches the three proofs with runnable and `compile_fail` examples; the
+//! [`kernel_map`] table maps each kernel function to the call and proof that play its part.
+//!
 //! With `default-features = false` the crate is `#![no_std]` and brings only the vocabulary of
 //! proofs, for a kernel that implements the backend traits for its own tables, locks and RCU.
 #![no_std]
@@ -63,6 +66,12 @@ pub mod rcu;
 pub mod sync;
 
 pub use error::{Error, NoMap, Rejected};
+
+/// Kernel functions and the typed-pgtable calls (and proofs) that play their part.
+#[cfg(all(any(doc, doctest), feature = "std"))]
+pub mod kernel_map {
+    #![doc = include_str!("../docs/kernel-map.md")]
+}
 
 /// Guide: the three proofs, what each allows, and what the compiler rejects.
 #[cfg(all(any(doc, doctest), feature = "std"))]

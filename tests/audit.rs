@@ -9,8 +9,10 @@ use typed_pgtable::provenance::{pte_offset_map, pte_offset_map_unprotected};
 const VA: u64 = 0x40_3000;
 
 fn mmu_with_page() -> (Mmu, u64) {
+    // Miri keeps metadata for every byte of the arena: keep it small there.
+    let frames = if cfg!(miri) { 64 } else { 4096 };
     let mmu = Mmu::new(MmuConfig {
-        frames: 4096,
+        frames,
         va_limit: 1 << 30,
     })
     .unwrap();
@@ -51,14 +53,22 @@ fn unprotected_read_of_freed_table_is_reported() {
     assert!(pte.is_bad());
 
     let n = mmu.audit().violations();
-    assert!(n >= 2, "map and read both flagged, got {n}");
+    assert!(
+        n >= 3,
+        "map (generation and frame kind) and read all flagged, got {n}"
+    );
     let report = mmu.audit().report();
     let v = report[0];
     assert_eq!(v.pfn, table);
     assert_eq!(v.op, "pte_offset_map_unprotected");
     assert_eq!(v.access, "map");
     assert_eq!(v.found_gen, v.expected_gen + 1);
-    assert_eq!(report[1].access, "read");
+    let accesses: Vec<&str> = report.iter().map(|v| v.access).collect();
+    assert!(
+        accesses.contains(&"map of a non-table frame"),
+        "{accesses:?}"
+    );
+    assert!(accesses.contains(&"read"), "{accesses:?}");
     assert!(v.to_string().contains("use-after-free"));
 }
 
@@ -105,19 +115,20 @@ fn same_scenario_through_typed_api_is_clean() {
         })
     };
     // While the map lives the table is detached but not freed: reads still see the old entry.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
-    while std::time::Instant::now() < deadline {
+    // Keep reading until the remover has detached the table, and for a while after: the
+    // reads stay valid and nothing is freed while the map (and its read section) lives.
+    let mut after = 0;
+    while copy.still_installed() || after < 200 {
         assert_eq!(map.ptep_get(VA).pfn(), Some(pfn));
         assert!(
             !freed.load(Ordering::Acquire),
             "freed under a live read section"
         );
+        if !copy.still_installed() {
+            after += 1;
+        }
         std::thread::yield_now();
     }
-    assert!(
-        !copy.still_installed(),
-        "the slot no longer holds the copied value"
-    );
     assert_eq!(mmu.frame_kind(table), Some(FrameKind::Pte));
     drop(map);
     drop(guard);

@@ -489,18 +489,17 @@ impl Harness {
                 );
             }
             Op::Bad { which, va } => {
-                let page = va & !(PAGE_SIZE - 1);
                 let (check, call): (_, MmuCall) = match which {
                     BadOp::MapPage => (check_va(va, PAGE_SIZE), |m, v| m.map_page(v)),
                     BadOp::UnmapPage => (check_va(va, PAGE_SIZE), |m, v| m.unmap_page(v)),
                     BadOp::MapHuge => (check_va(va, PMD_SIZE), |m, v| m.map_huge(v)),
                     BadOp::UnmapHuge => (check_va(va, PMD_SIZE), |m, v| m.unmap_huge(v)),
-                    // These two check the page (resp. 2 MiB range) the address lies in, and
-                    // report that masked address.
-                    BadOp::Retract => (check_va(va & !(PMD_SIZE - 1), 1), |m, v| {
+                    // These two take any address in the page (resp. 2 MiB range) and report
+                    // the caller's own address.
+                    BadOp::Retract => (check_va(va, 1), |m, v| {
                         m.retract_pte_table(v).map(|n| n as u64)
                     }),
-                    BadOp::Translate => (check_va(page, 1), |m, v| {
+                    BadOp::Translate => (check_va(va, 1), |m, v| {
                         m.translate(v).map(|p| p.unwrap_or(u64::MAX))
                     }),
                 };

@@ -99,6 +99,22 @@ unsafe impl PgtableBackend for Mmu {
 
     unsafe fn pte_map(&self, table: &TableRef, kind: MapKind) {
         self.check(table, kind, "map");
+        if self.frames.kind(table.pfn) != FrameKind::Pte {
+            // A value that names a frame that is not a PTE table (a bogus pmd, a misclassified
+            // entry): report it as a violation with the frame's current generation.
+            let found = self
+                .frames
+                .desc(table.pfn)
+                .generation
+                .load(Ordering::Acquire);
+            self.frames.audit.check(
+                table.pfn,
+                found.wrapping_add(1),
+                found,
+                kind.name(),
+                "map of a non-table frame",
+            );
+        }
     }
 
     unsafe fn ptep_get(&self, table: &TableRef, index: usize, kind: MapKind) -> Pte {
@@ -127,6 +143,9 @@ unsafe impl PgtableBackend for Mmu {
 
     unsafe fn pte_lock(&self, table: &TableRef) {
         self.frames.desc(table.pfn).lock.lock();
+        // The lock lives with the table: taking it after the table was freed is a use-after-free
+        // of the lock (bug B9), even though this model never releases the lock's memory.
+        self.check(table, MapKind::RoNolock, "lock");
     }
 
     unsafe fn pte_unlock(&self, table: &TableRef) {
@@ -135,6 +154,14 @@ unsafe impl PgtableBackend for Mmu {
 
     fn pmd_lock(&self, slot: &PmdSlot) {
         self.frames.desc(self.slot_frame(slot)).lock.lock();
+    }
+
+    fn pmd_trylock(&self, slot: &PmdSlot) -> bool {
+        self.frames.desc(self.slot_frame(slot)).lock.try_lock()
+    }
+
+    fn same_pmd_lock(&self, a: &PmdSlot, b: &PmdSlot) -> bool {
+        self.slot_frame(a) == self.slot_frame(b)
     }
 
     unsafe fn pmd_unlock(&self, slot: &PmdSlot) {

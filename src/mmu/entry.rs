@@ -14,6 +14,10 @@ pub const ACCESSED: u64 = 1 << 5;
 pub const DIRTY: u64 = 1 << 6;
 /// Page size: at the pmd level, a 2 MiB leaf (`pmd_trans_huge`).
 pub const HUGE: u64 = 1 << 7;
+/// Software bit: a special page with no refcount (the zero page); GUP-fast refuses it.
+pub const SPECIAL: u64 = 1 << 9;
+/// Software bit: an anonymous page (its only copy is this mapping).
+pub const ANON: u64 = 1 << 10;
 /// Bits 12..=51: the physical frame number.
 pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Bits 52..=62, which this model reserves: a present entry with any of them set is malformed
@@ -106,6 +110,26 @@ impl Pte {
     /// A present, writable user page at `pfn`.
     pub fn page(pfn: u64) -> Pte {
         Pte(((pfn << 12) & ADDR_MASK) | PRESENT | RW | USER | ACCESSED)
+    }
+
+    /// A present, writable anonymous page at `pfn`.
+    pub fn anon_page(pfn: u64) -> Pte {
+        Pte(Pte::page(pfn).0 | ANON)
+    }
+
+    /// A read-only special mapping of `pfn` (the zero page).
+    pub fn special(pfn: u64) -> Pte {
+        Pte(((pfn << 12) & ADDR_MASK) | PRESENT | USER | ACCESSED | SPECIAL)
+    }
+
+    /// Special (no refcount).
+    pub const fn is_special(self) -> bool {
+        self.0 & SPECIAL != 0
+    }
+
+    /// Anonymous.
+    pub const fn is_anon(self) -> bool {
+        self.0 & ANON != 0
     }
 
     /// A non-present migration entry.

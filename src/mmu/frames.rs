@@ -11,7 +11,7 @@ use super::spin::SpinLock;
 use crate::error::Error;
 use std::boxed::Box;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::vec::Vec;
 
 /// Entries per table (and 8-byte cells per frame).
@@ -65,6 +65,13 @@ pub(crate) struct FrameDesc {
     pub(crate) generation: AtomicU32,
     kind: AtomicU8,
     pub(crate) lock: SpinLock,
+    /// References to a data frame (its mappings and pins); 0 when not a data page in use.
+    pub(crate) refs: AtomicU32,
+    /// The head of a huge page (a 512-frame folio): its last reference frees all 512 frames.
+    compound: AtomicBool,
+    /// For a tail frame of a huge page, the head's frame; 0 otherwise. A tail's references
+    /// live on its head, as a folio's do.
+    head_of: AtomicU64,
     /// Tables deposited on slots of this PMD table: (slot index, PTE table frame), FIFO.
     pub(crate) deposit: Mutex<Vec<(u16, u64)>>,
 }
@@ -72,6 +79,26 @@ pub(crate) struct FrameDesc {
 struct Bitmap {
     words: Vec<u64>,
     hint: usize,
+}
+
+/// `n` zeroed entry cells in one zeroed allocation (much faster than `n` constructions, which
+/// matters for large arenas and under Miri).
+fn zeroed_cells(n: usize) -> Box<[PmdSlot]> {
+    let Ok(layout) = std::alloc::Layout::array::<PmdSlot>(n) else {
+        return (0..n).map(|_| PmdSlot::default()).collect();
+    };
+    if layout.size() == 0 {
+        return Box::new([]);
+    }
+    // SAFETY: `layout` has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<PmdSlot>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` is a live allocation made with the global allocator for exactly `n`
+    // `PmdSlot`s (`Layout::array`), and all-zero bytes are a valid `PmdSlot`
+    // (`#[repr(transparent)]` over `AtomicU64`, which has the layout and validity of `u64`).
+    unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, n)) }
 }
 
 /// The arena.
@@ -86,7 +113,7 @@ pub(crate) struct Frames {
 
 impl Frames {
     pub(crate) fn new(nframes: usize) -> Frames {
-        let mem = (0..nframes * ENTRIES).map(|_| PmdSlot::default()).collect();
+        let mem = zeroed_cells(nframes * ENTRIES);
         let desc: Box<[FrameDesc]> = (0..nframes).map(|_| FrameDesc::default()).collect();
         let mut words = std::vec![0u64; nframes.div_ceil(64)];
         // Frame 0 is reserved; bits past the end are marked used.
@@ -189,7 +216,12 @@ impl Frames {
         };
         for pfn in start..start + ENTRIES as u64 {
             self.prepare(pfn, FrameKind::Data);
+            if pfn != start {
+                self.desc(pfn).refs.store(0, Ordering::Relaxed);
+                self.desc(pfn).head_of.store(start, Ordering::Release);
+            }
         }
+        self.desc(start).compound.store(true, Ordering::Release);
         Ok(start)
     }
 
@@ -199,7 +231,62 @@ impl Frames {
                 self.cell(pfn, i).0.store(0, Ordering::Relaxed);
             }
         }
+        self.desc(pfn).refs.store(1, Ordering::Relaxed);
         self.desc(pfn).kind.store(kind as u8, Ordering::Release);
+    }
+
+    /// The folio a data frame belongs to: the head of its huge page, or itself.
+    pub(crate) fn folio(&self, pfn: u64) -> u64 {
+        match self.desc(pfn).head_of.load(Ordering::Acquire) {
+            0 => pfn,
+            head => head,
+        }
+    }
+
+    /// Takes a reference to the folio of a data frame unless it has none left
+    /// (`folio_try_get`).
+    pub(crate) fn try_get(&self, pfn: u64) -> bool {
+        if pfn == 0 || pfn as usize >= self.nframes {
+            return false;
+        }
+        self.desc(self.folio(pfn))
+            .refs
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |r| {
+                (r > 0).then(|| r + 1)
+            })
+            .is_ok()
+    }
+
+    /// Drops a reference to the folio of a data frame; frees the folio (one frame, or all 512
+    /// of a huge page) on the last.
+    pub(crate) fn put(&self, pfn: u64) {
+        if pfn == 0 || pfn as usize >= self.nframes {
+            return;
+        }
+        let head = self.folio(pfn);
+        let prev = self.desc(head).refs.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(prev > 0, "put of frame {pfn:#x} with no references");
+        if prev == 1 {
+            if self.desc(head).compound.load(Ordering::Acquire) {
+                self.free_huge(head);
+            } else {
+                self.free(head);
+            }
+        }
+    }
+
+    /// The reference count of the folio a frame belongs to.
+    pub(crate) fn refs(&self, pfn: u64) -> u32 {
+        self.desc(self.folio(pfn)).refs.load(Ordering::Relaxed)
+    }
+
+    /// A huge pmd is split into 512 PTEs: each PTE holds a reference to the folio, where the
+    /// pmd held one (`split_huge_pmd` keeps the folio whole, so pins taken through the pmd
+    /// stay valid).
+    pub(crate) fn split_refs(&self, head: u64) {
+        self.desc(head)
+            .refs
+            .fetch_add(ENTRIES as u32 - 1, Ordering::AcqRel);
     }
 
     /// Frees one frame now: new generation, poison, back to the allocator.
@@ -209,6 +296,9 @@ impl Frames {
             return;
         }
         let d = self.desc(pfn);
+        d.refs.store(0, Ordering::Relaxed);
+        d.compound.store(false, Ordering::Relaxed);
+        d.head_of.store(0, Ordering::Relaxed);
         d.generation.fetch_add(1, Ordering::AcqRel);
         for i in 0..ENTRIES {
             self.cell(pfn, i).0.store(POISON, Ordering::Release);

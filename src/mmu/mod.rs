@@ -31,11 +31,19 @@
 
 mod audit;
 mod backend;
+pub mod check;
 mod entry;
+mod fault;
 mod frames;
+mod gup;
+mod khugepaged;
+mod munmap;
 mod ops;
 mod spin;
 mod stability;
+mod thp;
+mod vma;
+mod zap;
 
 pub use audit::{Audit, Violation};
 pub use entry::{
@@ -43,14 +51,22 @@ pub use entry::{
     RESERVED, RW, TableRef, USER, classify_pmd, huge_entry, migration_entry, table_entry,
 };
 pub use frames::{ENTRIES, FrameKind, PmdSlot};
+pub use gup::PinnedPage;
+pub use khugepaged::CollapseOutcome;
 pub use ops::{MmuDump, MmuStats};
 pub use stability::{MmapReadGuard, MmapWriteGuard};
+pub use thp::SplitOutcome;
+pub use vma::{
+    Exclusive, RmapReadGuard, RmapWriteGuard, VmaInfo, VmaKind, VmaReadGuard, VmaWriteGuard,
+};
+pub use zap::ZapStats;
 
 use crate::error::Error;
 use crate::rcu::{EpochRcu, RcuDomain, RcuGuard};
 use frames::Frames;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
+use std::vec::Vec;
 
 /// Size of a base page.
 pub const PAGE_SIZE: u64 = 1 << 12;
@@ -84,6 +100,12 @@ pub(crate) struct Counters {
     pub(crate) tables_freed_now: AtomicU64,
     pub(crate) tables_freed_deferred: AtomicU64,
     pub(crate) retracts: AtomicU64,
+    pub(crate) anon_pages_lost: AtomicU64,
+    pub(crate) splits: AtomicU64,
+    pub(crate) collapses: AtomicU64,
+    pub(crate) reclaims: AtomicU64,
+    pub(crate) pgtables_freed: AtomicU64,
+    pub(crate) pmd_moves: AtomicU64,
 }
 
 /// The in-memory MMU.
@@ -112,6 +134,11 @@ pub struct Mmu {
     pub(crate) mmap_lock: RwLock<()>,
     pub(crate) page_table_lock: Mutex<()>,
     pub(crate) counters: Counters,
+    pub(crate) vmas: RwLock<Vec<Arc<vma::Vma>>>,
+    pub(crate) i_mmap: RwLock<()>,
+    pub(crate) zero_page: Mutex<Option<u64>>,
+    pub(crate) huge_zero: AtomicU64,
+    pub(crate) huge_zero_init: Mutex<()>,
 }
 
 impl Mmu {
@@ -145,6 +172,11 @@ impl Mmu {
             mmap_lock: RwLock::new(()),
             page_table_lock: Mutex::new(()),
             counters: Counters::default(),
+            vmas: RwLock::new(Vec::new()),
+            i_mmap: RwLock::new(()),
+            zero_page: Mutex::new(None),
+            huge_zero: AtomicU64::new(0),
+            huge_zero_init: Mutex::new(()),
         })
     }
 
@@ -182,6 +214,21 @@ impl Mmu {
     /// What a frame is used for, or `None` for a PFN outside physical memory.
     pub fn frame_kind(&self, pfn: u64) -> Option<FrameKind> {
         (pfn < self.frames.nframes() as u64).then(|| self.frames.kind(pfn))
+    }
+
+    /// The zero page (mapped by zero-page PTEs after a huge zero page split), allocated on
+    /// first use and kept, with its one reference, for the MMU's life.
+    ///
+    /// # Errors
+    /// [`Error::OutOfFrames`] on first use.
+    pub fn zero_pfn(&self) -> Result<u64, Error> {
+        let mut z = self.zero_page.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pfn) = *z {
+            return Ok(pfn);
+        }
+        let pfn = self.frames.alloc_n(1, FrameKind::Data)?[0];
+        *z = Some(pfn);
+        Ok(pfn)
     }
 
     /// Allocates a data frame (for callers that build tables by hand).

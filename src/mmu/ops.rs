@@ -1,15 +1,13 @@
-//! The operations of this issue's MMU, each written through the typed API.
+//! Lockless copies, translation, fault injection, statistics and the state dump.
 
-use super::entry::{PmdKind, Pte, huge_entry};
-use super::frames::{ENTRIES, FrameKind};
+use super::entry::PmdKind;
+use super::frames::ENTRIES;
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
-use crate::error::{Error, NoMap};
+use crate::error::Error;
 use crate::provenance::{
-    CopiedUnderRcu, DetachedPmd, InTable, PgtableBackend, PmdLockGuard, PmdRef, Unprotected,
-    pmd_lock, pmdp_collapse_flush, pte_offset_map, pte_offset_map_lock,
+    CopiedUnderRcu, PgtableBackend, PmdRef, Unprotected, pmd_lock, pte_offset_map,
 };
 use crate::rcu::{EpochRcu, RcuGuard};
-use std::boxed::Box;
 use std::sync::atomic::Ordering;
 use std::vec::Vec;
 
@@ -22,8 +20,20 @@ pub struct MmuStats {
     pub tables_freed_now: u64,
     /// PTE tables handed to `pte_free_defer`.
     pub tables_freed_deferred: u64,
-    /// Tables retracted by [`Mmu::retract_pte_table`].
+    /// Tables retracted (`retract_pte_table`, `retract_page_tables`).
     pub retracts: u64,
+    /// Anonymous pages a retraction dropped: data lost. Always 0 unless a remover is buggy.
+    pub anon_pages_lost: u64,
+    /// Huge pmds split into PTE tables.
+    pub splits: u64,
+    /// Collapses (`collapse_pte_mapped_thp`, `collapse_huge_page`) that installed a huge pmd.
+    pub collapses: u64,
+    /// Empty PTE tables freed by zap's PT_RECLAIM.
+    pub reclaims: u64,
+    /// PTE tables freed by `free_pgtables`.
+    pub pgtables_freed: u64,
+    /// PTE tables moved by `move_normal_pmd`.
+    pub pmd_moves: u64,
     /// Frames free now.
     pub free_frames: usize,
 }
@@ -37,6 +47,8 @@ pub struct MmuDump {
     pub deposits: Vec<(u64, u16, u64)>,
     /// Frames free.
     pub free_frames: usize,
+    /// The VMAs, in address order.
+    pub vmas: Vec<super::VmaInfo>,
 }
 
 impl Mmu {
@@ -48,6 +60,12 @@ impl Mmu {
             tables_freed_now: c.tables_freed_now.load(Ordering::Relaxed),
             tables_freed_deferred: c.tables_freed_deferred.load(Ordering::Relaxed),
             retracts: c.retracts.load(Ordering::Relaxed),
+            anon_pages_lost: c.anon_pages_lost.load(Ordering::Relaxed),
+            splits: c.splits.load(Ordering::Relaxed),
+            collapses: c.collapses.load(Ordering::Relaxed),
+            reclaims: c.reclaims.load(Ordering::Relaxed),
+            pgtables_freed: c.pgtables_freed.load(Ordering::Relaxed),
+            pmd_moves: c.pmd_moves.load(Ordering::Relaxed),
             free_frames: self.free_frames(),
         }
     }
@@ -65,7 +83,7 @@ impl Mmu {
         if !core::ptr::eq(guard.domain(), &self.rcu) {
             return Err(Error::WrongMmu);
         }
-        self.check_va(va & !(PAGE_SIZE - 1), 1)?;
+        self.check_va(va, 1)?;
         Ok(self.pmd_slot(va).map(|slot| {
             let value = self.pmdp_get_lockless(slot);
             // SAFETY: `guard` is an open section of this MMU's domain (checked above), opened
@@ -97,7 +115,7 @@ impl Mmu {
     /// # Errors
     /// [`Error::NonCanonical`] or [`Error::OutOfRange`].
     pub fn translate(&self, va: u64) -> Result<Option<u64>, Error> {
-        self.check_va(va & !(PAGE_SIZE - 1), 1)?;
+        self.check_va(va, 1)?;
         let guard = self.rcu_read_lock();
         let Some(pmd) = self.pmd_copy_lockless(&guard, va)? else {
             return Ok(None);
@@ -112,287 +130,6 @@ impl Mmu {
             .ptep_get(va)
             .pfn()
             .map(|pfn| (pfn << 12) | (va & (PAGE_SIZE - 1))))
-    }
-
-    /// Maps a new data frame at the 4 KiB page `va`, like an anonymous fault: under the mmap
-    /// read lock, allocating missing tables (a PTE table is filled, then published under the
-    /// PMD lock; a loser of the race frees its table at once), then writing the PTE under the
-    /// PTE lock. Returns the frame.
-    ///
-    /// # Errors
-    /// A bad or misaligned address, [`Error::AlreadyMapped`], [`Error::HugeInTheWay`], or
-    /// [`Error::OutOfFrames`]. Errors are detected before anything is changed.
-    pub fn map_page(&self, va: u64) -> Result<u64, Error> {
-        self.check_va(va, PAGE_SIZE)?;
-        let mm = self.mmap_read_lock();
-        let existing = mm.pmd_offset(va)?;
-        let pmd_needs_table = match existing.map(|p| p.pmd_val().kind()) {
-            None | Some(PmdKind::None) => true,
-            Some(PmdKind::Huge(_)) => return Err(Error::HugeInTheWay { addr: va }),
-            Some(PmdKind::Table(_)) => {
-                if let Some(pmd) = existing {
-                    if let Ok(map) = pte_offset_map(&pmd, va) {
-                        if !map.ptep_get(va).is_none() {
-                            return Err(Error::AlreadyMapped { addr: va });
-                        }
-                    }
-                }
-                false
-            }
-            Some(_) => return Err(Error::HugeInTheWay { addr: va }),
-        };
-        let need = self.missing_upper(va) + usize::from(pmd_needs_table) + 1;
-        let mut reserve = self.frames.alloc_n(need, FrameKind::Pte)?;
-        let data = reserve.pop().unwrap_or_default();
-        self.frames.set_kind(data, FrameKind::Data);
-        let result = self.fault_install(&mm, va, data, &mut reserve);
-        for pfn in reserve {
-            self.frames.free(pfn);
-        }
-        if result.is_err() {
-            self.frames.free(data);
-        }
-        result.map(|()| data)
-    }
-
-    /// The body of `map_page` once frames are reserved.
-    fn fault_install(
-        &self,
-        mm: &super::MmapReadGuard<'_>,
-        va: u64,
-        data: u64,
-        reserve: &mut Vec<u64>,
-    ) -> Result<(), Error> {
-        let pmd = self.pmd_slot_alloc(va, reserve)?;
-        // SAFETY: the slot is in a PMD table of this MMU and the mmap read lock is held.
-        let pmd = unsafe { PmdRef::<Mmu, InTable>::from_slot(mm.mmu(), pmd) };
-        loop {
-            match pte_offset_map_lock(&pmd, va) {
-                Ok(pte) => {
-                    if !pte.ptep_get(va).is_none() {
-                        return Err(Error::AlreadyMapped { addr: va });
-                    }
-                    pte.set_pte(va, Pte::page(data));
-                    return Ok(());
-                }
-                Err(NoMap::None) => self.pte_alloc(&pmd, reserve)?,
-                Err(NoMap::Huge) => return Err(Error::HugeInTheWay { addr: va }),
-                Err(_) => return Err(Error::HugeInTheWay { addr: va }),
-            }
-        }
-    }
-
-    /// `__pte_alloc`: a fresh zeroed table, published under the PMD lock if the slot is still
-    /// empty, freed at once otherwise (it was never visible).
-    fn pte_alloc(
-        &self,
-        pmd: &PmdRef<'_, Mmu, InTable>,
-        reserve: &mut Vec<u64>,
-    ) -> Result<(), Error> {
-        let table = match reserve.pop() {
-            Some(pfn) => {
-                self.frames.set_kind(pfn, FrameKind::Pte);
-                // SAFETY: a reserved frame is zeroed, owned by us and reachable by no one.
-                match unsafe {
-                    DetachedPmd::from_pmd(self, self.pmd_of_table(&self.table_ref(pfn)))
-                } {
-                    Ok(t) => t,
-                    Err(_) => {
-                        return Err(Error::InvalidConfig {
-                            reason: "reserved frame is not a table",
-                        });
-                    }
-                }
-            }
-            None => DetachedPmd::pte_alloc_one(self)?,
-        };
-        let pml = pmd_lock(pmd);
-        if let Err(rejected) = table.pmd_populate(&pml) {
-            // Lost the race (`pmd_install` found the slot populated): never published.
-            rejected.value.pte_free();
-        }
-        Ok(())
-    }
-
-    pub(crate) fn table_ref(&self, pfn: u64) -> super::TableRef {
-        super::TableRef {
-            pfn,
-            generation: self.frames.desc(pfn).generation.load(Ordering::Acquire),
-        }
-    }
-
-    /// Unmaps the 4 KiB page at `va` (a zap under the mmap read lock); the data frame is freed
-    /// after a grace period. Returns the frame. The PTE table stays.
-    ///
-    /// # Errors
-    /// A bad or misaligned address, [`Error::NotMapped`], [`Error::HugeInTheWay`].
-    pub fn unmap_page(&self, va: u64) -> Result<u64, Error> {
-        self.check_va(va, PAGE_SIZE)?;
-        let mm = self.mmap_read_lock();
-        let Some(pmd) = mm.pmd_offset(va)? else {
-            return Err(Error::NotMapped { addr: va });
-        };
-        let pte = match pte_offset_map_lock(&pmd, va) {
-            Ok(pte) => pte,
-            Err(NoMap::Huge) => return Err(Error::HugeInTheWay { addr: va }),
-            Err(_) => return Err(Error::NotMapped { addr: va }),
-        };
-        let Some(pfn) = pte.ptep_get(va).pfn() else {
-            return Err(Error::NotMapped { addr: va });
-        };
-        pte.ptep_get_and_clear(va);
-        drop(pte);
-        self.free_data_deferred(Box::new([pfn]), false);
-        Ok(pfn)
-    }
-
-    pub(crate) fn free_data_deferred(&self, pfns: Box<[u64]>, huge: bool) {
-        let frames = self.frames.clone();
-        crate::rcu::RcuDomain::call_rcu(
-            &self.rcu,
-            Box::new(move || {
-                for &pfn in pfns.iter() {
-                    if huge {
-                        frames.free_huge(pfn);
-                    } else {
-                        frames.free(pfn);
-                    }
-                }
-            }),
-        );
-    }
-
-    /// Maps a 2 MiB page at `va` with a deposited PTE table (a THP fault). Returns the first
-    /// of its 512 frames.
-    ///
-    /// # Errors
-    /// A bad or misaligned address, [`Error::AlreadyMapped`] (a huge page is there),
-    /// [`Error::TableInTheWay`] (a PTE table is there), [`Error::OutOfFrames`].
-    pub fn map_huge(&self, va: u64) -> Result<u64, Error> {
-        self.check_va(va, PMD_SIZE)?;
-        let mm = self.mmap_read_lock();
-        match mm.pmd_offset(va)?.map(|p| p.pmd_val().kind()) {
-            None | Some(PmdKind::None) => {}
-            Some(PmdKind::Huge(_)) => return Err(Error::AlreadyMapped { addr: va }),
-            Some(_) => return Err(Error::TableInTheWay { addr: va }),
-        }
-        let mut reserve = self
-            .frames
-            .alloc_n(self.missing_upper(va) + 1, FrameKind::Pte)?;
-        let data = match self.frames.alloc_huge() {
-            Ok(d) => d,
-            Err(e) => {
-                for pfn in reserve {
-                    self.frames.free(pfn);
-                }
-                return Err(e);
-            }
-        };
-        let result = self.install_huge(&mm, va, data, &mut reserve);
-        for pfn in reserve {
-            self.frames.free(pfn);
-        }
-        if result.is_err() {
-            self.frames.free_huge(data);
-        }
-        result.map(|()| data)
-    }
-
-    fn install_huge(
-        &self,
-        mm: &super::MmapReadGuard<'_>,
-        va: u64,
-        data: u64,
-        reserve: &mut Vec<u64>,
-    ) -> Result<(), Error> {
-        let deposit = reserve.pop().unwrap_or_default();
-        let pmd = mm.pmd_alloc_from(va, reserve)?;
-        let pml = pmd_lock(&pmd);
-        match pml.pmdp_get().kind() {
-            PmdKind::None => {}
-            PmdKind::Huge(_) => {
-                reserve.push(deposit);
-                return Err(Error::AlreadyMapped { addr: va });
-            }
-            _ => {
-                reserve.push(deposit);
-                return Err(Error::TableInTheWay { addr: va });
-            }
-        }
-        self.frames.set_kind(deposit, FrameKind::Pte);
-        // SAFETY: a reserved frame is zeroed, owned by us and reachable by no one.
-        let table =
-            unsafe { DetachedPmd::from_pmd(self, self.pmd_of_table(&self.table_ref(deposit))) }
-                .map_err(|_| Error::InvalidConfig {
-                    reason: "reserved frame is not a table",
-                })?;
-        if let Err(r) = table.pgtable_trans_huge_deposit(&pml) {
-            r.value.pte_free();
-            return Err(r.error);
-        }
-        set_pmd_huge(&pml, data);
-        Ok(())
-    }
-
-    /// Unmaps the 2 MiB page at `va`: clears the huge pmd under the PMD lock, frees the
-    /// deposited table at once (`zap_deposited_table`: it was never visible) and the data after
-    /// a grace period. Returns the first frame.
-    ///
-    /// # Errors
-    /// A bad or misaligned address, [`Error::NotMapped`], [`Error::TableInTheWay`] (4 KiB
-    /// pages are mapped there).
-    pub fn unmap_huge(&self, va: u64) -> Result<u64, Error> {
-        self.check_va(va, PMD_SIZE)?;
-        let mm = self.mmap_read_lock();
-        let Some(pmd) = mm.pmd_offset(va)? else {
-            return Err(Error::NotMapped { addr: va });
-        };
-        let pml = pmd_lock(&pmd);
-        let pfn = match pml.pmdp_get().kind() {
-            PmdKind::Huge(pfn) => pfn,
-            PmdKind::None => return Err(Error::NotMapped { addr: va }),
-            _ => return Err(Error::TableInTheWay { addr: va }),
-        };
-        pmd.slot().0.store(0, Ordering::Release);
-        if let Some(table) = DetachedPmd::pgtable_trans_huge_withdraw(&pml) {
-            table.pte_free();
-        }
-        drop(pml);
-        self.free_data_deferred(Box::new([pfn]), true);
-        Ok(pfn)
-    }
-
-    /// Retracts the PTE table covering `va` (khugepaged-style): PMD lock, then the table's
-    /// PTE lock with the `pmd_same` recheck, detach (`pmdp_collapse_flush`), then frees the data
-    /// pages it mapped and the table after a grace period. Returns the number of pages it
-    /// mapped.
-    ///
-    /// # Errors
-    /// A bad address, [`Error::NotMapped`] if no PTE table is there, [`Error::HugeInTheWay`].
-    pub fn retract_pte_table(&self, va: u64) -> Result<usize, Error> {
-        self.check_va(va & !(PMD_SIZE - 1), 1)?;
-        let mm = self.mmap_read_lock();
-        let Some(pmd) = mm.pmd_offset(va)? else {
-            return Err(Error::NotMapped { addr: va });
-        };
-        let pml = pmd_lock(&pmd);
-        let ptl = match pte_offset_map_lock(&pmd, va) {
-            Ok(ptl) => ptl,
-            Err(NoMap::Huge) => return Err(Error::HugeInTheWay { addr: va }),
-            Err(_) => return Err(Error::NotMapped { addr: va }),
-        };
-        let table = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error)?;
-        drop(pml);
-        // Case 1: read the detached table we own (page_table_check's clear range).
-        let pages: Vec<u64> = match pte_offset_map(&table.pmd(), va) {
-            Ok(map) => map.entries().filter_map(|p| p.pfn()).collect(),
-            Err(_) => Vec::new(),
-        };
-        let n = pages.len();
-        self.free_data_deferred(pages.into_boxed_slice(), false);
-        table.pte_free_defer();
-        self.counters.retracts.fetch_add(1, Ordering::Relaxed);
-        Ok(n)
     }
 
     /// Fault injection: writes `raw` into the pmd slot for `va` under the mmap write lock and
@@ -417,7 +154,7 @@ impl Mmu {
     /// # Ok::<(), typed_pgtable::Error>(())
     /// ```
     pub fn inject_pmd(&self, va: u64, raw: u64) -> Result<u64, Error> {
-        self.check_va(va & !(PAGE_SIZE - 1), 1)?;
+        self.check_va(va, 1)?;
         let mm = self.mmap_write_lock();
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Err(Error::NotMapped { addr: va });
@@ -433,10 +170,18 @@ impl Mmu {
         let mut entries = Vec::new();
         let mut deposits = Vec::new();
         self.dump_table(self.root, 4, 0, &mut entries, &mut deposits);
+        let vmas = self
+            .vmas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|v| v.info())
+            .collect();
         MmuDump {
             entries,
             deposits,
             free_frames: self.free_frames(),
+            vmas,
         }
     }
 
@@ -470,23 +215,5 @@ impl Mmu {
                 }
             }
         }
-    }
-}
-
-/// Writes a huge pmd into the locked, empty slot (`set_pmd_at`).
-fn set_pmd_huge(pml: &PmdLockGuard<'_, Mmu>, pfn: u64) {
-    pml.pmd().slot().0.store(huge_entry(pfn), Ordering::Release);
-}
-
-impl<'m> super::MmapReadGuard<'m> {
-    /// `pmd_alloc` drawing new upper-level tables from a reservation.
-    pub(crate) fn pmd_alloc_from(
-        &self,
-        va: u64,
-        reserve: &mut Vec<u64>,
-    ) -> Result<PmdRef<'_, Mmu, InTable>, Error> {
-        let slot = self.mmu().pmd_slot_alloc(va, reserve)?;
-        // SAFETY: the slot is in a PMD table of this MMU and this mmap read lock is held.
-        Ok(unsafe { PmdRef::from_slot(self.mmu(), slot) })
     }
 }

@@ -5,9 +5,9 @@
 //! ends every use of a slot before the lock is released, and a token of one MMU can only walk
 //! that MMU.
 
+use super::Mmu;
 use super::entry::{PmdKind, classify_pmd, table_entry};
 use super::frames::{ENTRIES, FrameKind, PmdSlot};
-use super::{Mmu, PAGE_SIZE};
 use crate::error::Error;
 use crate::provenance::{InTable, PmdRef};
 use std::sync::atomic::Ordering;
@@ -133,7 +133,7 @@ macro_rules! walks {
             /// # Errors
             /// [`Error::NonCanonical`] or [`Error::OutOfRange`] for a bad address.
             pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'_, Mmu, InTable>>, Error> {
-                self.mmu.check_va(va & !(PAGE_SIZE - 1), 1)?;
+                self.mmu.check_va(va, 1)?;
                 Ok(self.mmu.pmd_slot(va).map(|slot| {
                     // SAFETY: the slot is in a PMD table of this MMU; upper-level tables are
                     // never freed while the MMU lives, and this walk lock is held for the
@@ -147,7 +147,7 @@ macro_rules! walks {
             /// # Errors
             /// A bad address, or [`Error::OutOfFrames`] (nothing is allocated then).
             pub fn pmd_alloc(&self, va: u64) -> Result<PmdRef<'_, Mmu, InTable>, Error> {
-                self.mmu.check_va(va & !(PAGE_SIZE - 1), 1)?;
+                self.mmu.check_va(va, 1)?;
                 let need = self.mmu.missing_upper(va);
                 let mut reserve = self.mmu.frames.alloc_n(need, FrameKind::Pmd)?;
                 let slot = self.mmu.pmd_slot_alloc(va, &mut reserve);

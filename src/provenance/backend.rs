@@ -140,6 +140,12 @@ pub unsafe trait PgtableBackend: Sync {
     /// Takes the PMD lock of the table that holds `slot` (`pmd_lock`).
     fn pmd_lock(&self, slot: &Self::PmdSlot);
 
+    /// Tries to take the PMD lock of `slot` without waiting (`spin_trylock(pmd_lockptr())`).
+    fn pmd_trylock(&self, slot: &Self::PmdSlot) -> bool;
+
+    /// Whether the PMD lock of `a` is also the lock of `b` (both slots in one PMD table).
+    fn same_pmd_lock(&self, a: &Self::PmdSlot, b: &Self::PmdSlot) -> bool;
+
     /// Releases the PMD lock of `slot`.
     ///
     /// # Safety
@@ -156,7 +162,8 @@ pub unsafe trait PgtableBackend: Sync {
     /// returns the old value.
     ///
     /// # Safety
-    /// The caller holds the slot's PMD lock and the PTE lock of the table it names.
+    /// The caller holds the slot's PMD lock and the PTE lock of the table it names, or holds
+    /// exclusive access to the slot (see [`ExclusiveAccess`](super::ExclusiveAccess)).
     unsafe fn pmdp_collapse_flush(&self, slot: &Self::PmdSlot) -> Self::PmdSnapshot;
 
     /// Parks a table on the slot (`pgtable_trans_huge_deposit`).

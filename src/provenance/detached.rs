@@ -3,9 +3,10 @@
 use super::backend::{MapKind, PgtableBackend};
 use super::lock::PteLocked;
 use super::map::PteMap;
-use super::marker::{Attached, DetachState, Detached, Fresh, Retired};
+use super::marker::{Attached, DetachState, Detached, Fresh, InTable, Retired};
 use super::pmd::{PmdLockGuard, PmdRef};
 use crate::error::{Error, NoMap, Rejected};
+use crate::rcu::RcuDomain;
 use core::fmt;
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
@@ -141,6 +142,40 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
         Ok(())
     }
 
+    /// Installs the table in the empty slot of `pmd`, whose PMD lock `pml` holds (`pml` may be
+    /// the guard of another slot of the same PMD table: one PMD lock covers the whole table).
+    ///
+    /// # Errors
+    /// Hands the table back with [`Error::WrongMmu`] if `pml` does not hold `pmd`'s lock, or
+    /// [`Error::SlotOccupied`] if the slot is not empty.
+    pub fn pmd_populate_at(
+        self,
+        pml: &PmdLockGuard<'_, B>,
+        pmd: &PmdRef<'_, B, InTable>,
+    ) -> Result<(), Rejected<Self>> {
+        if !core::ptr::eq(self.backend, pml.backend())
+            || !core::ptr::eq(self.backend, pmd.backend())
+            || !self.backend.same_pmd_lock(pml.pmd().slot(), pmd.slot())
+        {
+            return Err(Rejected {
+                error: Error::WrongMmu,
+                value: self,
+            });
+        }
+        if !matches!(self.backend.pmd_table(&pmd.pmd_val()), Err(NoMap::None)) {
+            return Err(Rejected {
+                error: Error::SlotOccupied,
+                value: self,
+            });
+        }
+        let backend = self.backend;
+        let table = self.into_table();
+        // SAFETY: `pml` holds the PMD lock that covers `pmd`'s slot (checked), the slot is none
+        // (checked under that lock), and we owned the table and give it to the slot.
+        unsafe { backend.pmd_populate(pmd.slot(), &table) };
+        Ok(())
+    }
+
     /// Frees the table after a grace period (`pte_free_defer`): walkers still inside it keep
     /// valid memory until their read sections end.
     pub fn pte_free_defer(self) {
@@ -149,6 +184,71 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
         // SAFETY: we owned the table (type invariant) and no slot names it.
         unsafe { backend.pte_free_defer(&table) }
     }
+}
+
+impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Retired> {
+    /// Waits until no walker can still be inside the table, and returns it as [`Fresh`]
+    /// (`tlb_remove_table_sync_one`, in this crate's RCU flavour: every walker maps a table
+    /// inside an RCU read section, so one grace period after the unlink none is left, and none
+    /// can find the table again). Needed before a retired table is reused (deposited) or freed
+    /// at once. Blocks; must not be called inside a read section of the backend's domain.
+    pub fn tlb_remove_table_sync_one(self) -> DetachedPmd<'m, B, Fresh> {
+        self.backend.rcu().synchronize();
+        let backend = self.backend;
+        let pmdval = self.pmdval;
+        let table = self.into_table();
+        // INVARIANT: a grace period has passed since the unlink, so no walker holds the table.
+        DetachedPmd {
+            backend,
+            pmdval,
+            table,
+            _s: PhantomData,
+        }
+    }
+}
+
+/// Proof that the holder has every slot it covers to itself: no walker other than the holder
+/// can reach those slots through a walk lock (the `free_pgtables` exclusivity: mmap lock held
+/// for writing, the range's VMAs write-locked and unlinked from the rmap, the range zapped).
+///
+/// # Safety
+/// While a value of the implementing type is alive, no thread other than its holder takes a
+/// walk lock that reaches a slot for which [`covers`](Self::covers) returns `true`, and no
+/// other remover touches such a slot. Lockless (RCU) walkers may still read them.
+pub unsafe trait ExclusiveAccess<B: PgtableBackend> {
+    /// Whether this proof covers `slot`.
+    fn covers(&self, slot: &B::PmdSlot) -> bool;
+}
+
+/// Clears a slot without the PTE lock under exclusive access (`pmd_clear` in
+/// `free_pte_range`), and takes the table. Lockless walkers may still be inside it, so it is
+/// [`Retired`]: free it with `pte_free_defer` (`tlb_remove_table`).
+///
+/// # Errors
+/// [`Error::WrongMmu`] if the proof does not cover the slot (or it belongs to another
+/// backend); [`Error::NoTable`] if the slot names no PTE table.
+pub fn pmd_clear_exclusive<'a, B: PgtableBackend, E: ExclusiveAccess<B>>(
+    excl: &E,
+    pmd: &PmdRef<'a, B, InTable>,
+) -> Result<DetachedPmd<'a, B, Retired>, Error> {
+    if !excl.covers(pmd.slot()) {
+        return Err(Error::WrongMmu);
+    }
+    let backend = pmd.backend;
+    backend.pmd_table(&pmd.pmd_val())?;
+    // SAFETY: `excl` proves exclusive access to the slot (nobody else changes it, so it still
+    // names the table classified just above).
+    let old = unsafe { backend.pmdp_collapse_flush(pmd.slot()) };
+    let table = backend
+        .pmd_table(&old)
+        .map_err(|_| Error::NotMapped { addr: 0 })?;
+    // INVARIANT: the slot no longer names the table, and only we took it out.
+    Ok(DetachedPmd {
+        backend,
+        pmdval: old,
+        table,
+        _s: PhantomData,
+    })
 }
 
 impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {

@@ -55,7 +55,9 @@ mod marker;
 mod pmd;
 
 pub use backend::{MapKind, PgtableBackend};
-pub use detached::{DetachedPmd, PteMapMut, pmdp_collapse_flush};
+pub use detached::{
+    DetachedPmd, ExclusiveAccess, PteMapMut, pmd_clear_exclusive, pmdp_collapse_flush,
+};
 pub use lock::{
     PteLocked, PteRoNolock, PteRwNolock, pte_offset_map_lock, pte_offset_map_ro_nolock,
     pte_offset_map_rw_nolock, pte_unmap_unlock,
@@ -67,7 +69,7 @@ pub use marker::{
     Access, Attached, CanWrite, CopiedUnderRcu, DetachState, Detached, Fresh, InTable, Owned,
     Provenance, ProvesProtection, ReadOnly, Retired, Unprotected, Unverified,
 };
-pub use pmd::{PmdLockGuard, PmdRef, pmd_lock, pmdp_get_lockless};
+pub use pmd::{PmdLockGuard, PmdRef, pmd_lock, pmd_trylock, pmdp_get_lockless};
 
 static_assertions::assert_eq_size!(InTable, ());
 static_assertions::assert_eq_size!(Detached, ());

@@ -178,6 +178,18 @@ pub fn pmd_lock<'a, B: PgtableBackend>(pmd: &PmdRef<'a, B, InTable>) -> PmdLockG
     }
 }
 
+/// Tries to take the PMD lock without waiting (`spin_trylock`). Used where the lock order is
+/// inverted (PT_RECLAIM takes the PMD lock while holding a PTE lock), which must never block.
+pub fn pmd_trylock<'a, B: PgtableBackend>(
+    pmd: &PmdRef<'a, B, InTable>,
+) -> Option<PmdLockGuard<'a, B>> {
+    // INVARIANT: the guard exists only if the lock was taken.
+    pmd.backend.pmd_trylock(pmd.src).then_some(PmdLockGuard {
+        pmd: *pmd,
+        _not_send: PhantomData,
+    })
+}
+
 impl<'a, B: PgtableBackend> PmdLockGuard<'a, B> {
     /// The locked slot.
     pub fn pmd(&self) -> PmdRef<'a, B, InTable> {

@@ -4,6 +4,12 @@
 //! domain has its own grace periods and a guard can be told apart from another domain's. Each
 //! thread registers once per domain; its handle is cached in a thread-local list and pruned
 //! when the domain is dropped.
+//!
+//! Each cached handle is stored with a clone of its collector, dropped *after* the handle. In
+//! crossbeam-epoch 0.9.21, a handle whose drop releases the last reference to its collector
+//! frees the collector's list of participants while still borrowing its own entry in it, which
+//! Miri (Tree Borrows) reports as undefined behaviour; the extra clone makes sure the last
+//! reference is never released from inside a handle's drop.
 
 use super::{RcuCallback, RcuDomain};
 use crossbeam_epoch::{Collector, Guard, LocalHandle};
@@ -44,7 +50,8 @@ struct Counters {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-type HandleCache = RefCell<Vec<(u64, Weak<()>, LocalHandle)>>;
+/// (domain id, liveness of the domain, the handle, a collector clone dropped after the handle).
+type HandleCache = RefCell<Vec<(u64, Weak<()>, LocalHandle, Collector)>>;
 
 std::thread_local! {
     static HANDLES: HandleCache = const { RefCell::new(Vec::new()) };
@@ -80,8 +87,8 @@ impl EpochRcu {
             let cache = cache.borrow();
             cache
                 .iter()
-                .find(|(id, _, _)| *id == self.id)
-                .map(|(_, _, h)| h.pin())
+                .find(|(id, _, _, _)| *id == self.id)
+                .map(|(_, _, h, _)| h.pin())
         });
         if let Some(g) = pinned {
             return g;
@@ -89,13 +96,14 @@ impl EpochRcu {
         HANDLES
             .with(|cache| {
                 let mut cache = cache.borrow_mut();
-                cache.retain(|(_, alive, _)| alive.strong_count() > 0);
+                cache.retain(|(_, alive, _, _)| alive.strong_count() > 0);
                 cache.push((
                     self.id,
                     Arc::downgrade(&self.alive),
                     self.collector.register(),
+                    self.collector.clone(),
                 ));
-                cache.last().map(|(_, _, h)| h.pin())
+                cache.last().map(|(_, _, h, _)| h.pin())
             })
             .unwrap_or_else(|| self.collector.register().pin())
     }

@@ -1,0 +1,112 @@
+//! GUP-fast: pinning pages with a lockless walk (case 2).
+//!
+//! The whole walk runs inside one RCU read section. Each pmd is a copy read inside it
+//! (`CopiedUnderRcu<'g>`), so `pte_offset_map` on the copy is safe. The order that makes a pin
+//! correct: read the pte, take a reference on the page, **then** recheck both the pmd against
+//! its slot and the pte against its entry, and back out on any change. Removers clear first
+//! and check references after; a collapse may clear the pmd while the stale PTEs stay valid in
+//! the detached table, which is why the pmd recheck is needed (bug B1).
+
+use super::entry::PmdKind;
+use super::{Mmu, PAGE_SIZE, PMD_SIZE};
+use crate::error::Error;
+use crate::provenance::pte_offset_map;
+use core::fmt;
+
+/// A page pinned by [`Mmu::gup_fast`]; dropping it unpins (`unpin_user_page`).
+#[must_use = "dropping a pin releases the page at once"]
+pub struct PinnedPage<'m> {
+    mmu: &'m Mmu,
+    page: u64,
+    folio: u64,
+}
+
+impl PinnedPage<'_> {
+    /// The pinned frame.
+    pub fn pfn(&self) -> u64 {
+        self.page
+    }
+}
+
+impl Drop for PinnedPage<'_> {
+    fn drop(&mut self) {
+        self.mmu.frames.put(self.folio);
+    }
+}
+
+impl fmt::Debug for PinnedPage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedPage")
+            .field("pfn", &self.page)
+            .finish()
+    }
+}
+
+impl Mmu {
+    /// Pins up to `nr_pages` pages from `start` without taking any lock (`gup_fast`). Stops at
+    /// the first page it cannot pin safely (not present, special, or changed under it), like
+    /// the kernel, and returns the pins it took.
+    ///
+    /// # Errors
+    /// A bad or misaligned address.
+    pub fn gup_fast(
+        &self,
+        start: u64,
+        nr_pages: usize,
+    ) -> Result<std::vec::Vec<PinnedPage<'_>>, Error> {
+        self.check_va(start, PAGE_SIZE)?;
+        let mut pins = std::vec::Vec::with_capacity(nr_pages);
+        let guard = self.rcu_read_lock();
+        for i in 0..nr_pages as u64 {
+            let va = start + i * PAGE_SIZE;
+            if self.check_va(va, PAGE_SIZE).is_err() {
+                break;
+            }
+            let Some(pmd) = self.pmd_copy_lockless(&guard, va)? else {
+                break;
+            };
+            match pmd.pmd_val().kind() {
+                // gup_fast_pmd_leaf: reference the folio, then recheck the pmd.
+                PmdKind::Huge(head) if !self.is_huge_zero(head) => {
+                    if !self.frames.try_get(head) {
+                        break;
+                    }
+                    if !pmd.still_installed() {
+                        self.frames.put(head);
+                        break;
+                    }
+                    let page = head + ((va & (PMD_SIZE - 1)) >> 12);
+                    pins.push(PinnedPage {
+                        mmu: self,
+                        page,
+                        folio: head,
+                    });
+                }
+                PmdKind::Table(_) => {
+                    let Ok(map) = pte_offset_map(&pmd, va) else {
+                        break;
+                    };
+                    let pte = map.ptep_get(va);
+                    let Some(pfn) = pte.pfn().filter(|_| !pte.is_special()) else {
+                        break;
+                    };
+                    if !self.frames.try_get(pfn) {
+                        break;
+                    }
+                    // The recheck: pmd against its slot (B1), pte against its entry.
+                    if !pmd.still_installed() || map.ptep_get(va) != pte {
+                        self.frames.put(pfn);
+                        break;
+                    }
+                    pins.push(PinnedPage {
+                        mmu: self,
+                        page: pfn,
+                        folio: pfn,
+                    });
+                }
+                _ => break,
+            }
+        }
+        Ok(pins)
+    }
+}

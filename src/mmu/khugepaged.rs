@@ -1,0 +1,287 @@
+//! khugepaged: retracting PTE tables of file mappings, and collapsing PTE-mapped ranges into
+//! huge pmds.
+//!
+//! The three removers differ in the locks they hold and in what becomes of the table:
+//!
+//! | operation | walk lock | removal | the table afterwards |
+//! |---|---|---|---|
+//! | [`Mmu::retract_page_tables`] | rmap read only | PMD lock, PTE lock, recheck, `pmdp_collapse_flush` | `pte_free_defer` |
+//! | [`Mmu::collapse_pte_mapped_thp`] | mmap read | `rw_nolock` + typed `pmd_same`, then PMD + PTE lock | `pte_free_defer` |
+//! | [`Mmu::collapse_huge_page`] | mmap write + VMA write | PMD + PTE lock, `pmdp_collapse_flush` | synced, then reused: deposited (or repopulated on failure) |
+
+use super::entry::{PmdKind, Pte, huge_entry};
+use super::vma::VmaKind;
+use super::{Mmu, PMD_SIZE};
+use crate::error::{Error, NoMap};
+use crate::provenance::{
+    DetachedPmd, InTable, PmdRef, Retired, pmd_lock, pmdp_collapse_flush,
+    pte_offset_map, pte_offset_map_lock, pte_offset_map_rw_nolock,
+};
+use std::sync::atomic::Ordering;
+use std::vec::Vec;
+
+/// What a collapse did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollapseOutcome {
+    /// The range is now mapped by a huge pmd.
+    Collapsed,
+    /// The PTE table was removed; no huge page could be allocated, so the range faults back in.
+    TableRemoved,
+    /// Nothing changed: the pmd changed under us, or the range is not collapsible.
+    Aborted,
+}
+
+impl Mmu {
+    /// Frees a detached table the khugepaged way: check it (`page_table_check_pte_clear_range`,
+    /// case 1), drop the pages it still maps, `pte_free_defer`. Returns the pages dropped and
+    /// counts anonymous ones as lost.
+    fn free_retired(&self, table: DetachedPmd<'_, Mmu, Retired>, haddr: u64) -> usize {
+        let report = super::check::page_table_check_pte_clear_range(self, haddr, &table.pmd());
+        let pages: Vec<u64> = match pte_offset_map(&table.pmd(), haddr) {
+            Ok(map) => map
+                .entries()
+                .filter(|p| !p.is_special())
+                .filter_map(|p| p.pfn())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        self.counters
+            .anon_pages_lost
+            .fetch_add(report.anon as u64, Ordering::Relaxed);
+        let n = pages.len();
+        self.put_pages_deferred(pages);
+        table.pte_free_defer();
+        n
+    }
+
+    /// Retracts the PTE table covering `va` under the mmap read lock, whatever maps it: PMD
+    /// lock, then `pte_offset_map_lock` (recheck), `pmdp_collapse_flush`, then the data pages
+    /// and the table go after a grace period. Returns the number of pages it mapped. A simple
+    /// remover for tests and the torture run; see [`Mmu::retract_page_tables`] for khugepaged's.
+    ///
+    /// # Errors
+    /// A bad address, [`Error::NotMapped`] if no PTE table is there, [`Error::HugeInTheWay`].
+    pub fn retract_pte_table(&self, va: u64) -> Result<usize, Error> {
+        let haddr = va & !(PMD_SIZE - 1);
+        self.check_va(va, 1)?;
+        let mm = self.mmap_read_lock();
+        let Some(pmd) = mm.pmd_offset(va)? else {
+            return Err(Error::NotMapped { addr: va });
+        };
+        let table = self.detach_locked(&pmd, va, |_| true)?;
+        self.counters.retracts.fetch_add(1, Ordering::Relaxed);
+        Ok(self.free_retired(table, haddr))
+    }
+
+    /// PMD lock, recheck the pmd names a table, PTE lock, `recheck` under both locks, detach.
+    fn detach_locked<'a>(
+        &self,
+        pmd: &PmdRef<'a, Mmu, InTable>,
+        va: u64,
+        recheck: impl FnOnce(&Self) -> bool,
+    ) -> Result<DetachedPmd<'a, Mmu, Retired>, Error> {
+        let pml = pmd_lock(pmd);
+        match pml.pmdp_get().kind() {
+            PmdKind::Table(_) => {}
+            PmdKind::Huge(_) => return Err(Error::HugeInTheWay { addr: va }),
+            _ => return Err(Error::NotMapped { addr: va }),
+        }
+        let ptl = pte_offset_map_lock(pmd, va).map_err(|_| Error::NotMapped { addr: va })?;
+        if !recheck(self) {
+            return Err(Error::PmdChanged);
+        }
+        pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error)
+    }
+
+    /// khugepaged's `retract_page_tables` for the 2 MiB range at `va`: for each file VMA linked
+    /// into the rmap that covers the range, under the rmap read lock **only**: skip it if it
+    /// has an `anon_vma`, take the PMD lock, recheck that the pmd still names a table (B10),
+    /// take the PTE lock, recheck `anon_vma` under both locks (B4), detach with
+    /// `pmdp_collapse_flush`, check the detached table and free it after a grace period.
+    /// Returns the number of tables retracted.
+    ///
+    /// # Errors
+    /// A bad address.
+    pub fn retract_page_tables(&self, va: u64) -> Result<usize, Error> {
+        let haddr = va & !(PMD_SIZE - 1);
+        self.check_va(va, 1)?;
+        let rmap = self.i_mmap_lock_read();
+        let mut retracted = 0;
+        for vma in rmap.file_vmas() {
+            if vma.start > haddr || vma.end < haddr + PMD_SIZE || vma.anon_vma {
+                continue;
+            }
+            let Ok(Some(pmd)) = rmap.pmd_offset(haddr) else {
+                continue;
+            };
+            let still_retractable = |mmu: &Mmu| {
+                mmu.vma_at(haddr)
+                    .is_some_and(|v| !v.anon_vma.load(Ordering::Acquire))
+            };
+            if let Ok(table) = self.detach_locked(&pmd, haddr, still_retractable) {
+                self.free_retired(table, haddr);
+                self.counters.retracts.fetch_add(1, Ordering::Relaxed);
+                retracted += 1;
+            }
+        }
+        Ok(retracted)
+    }
+
+    /// khugepaged's `collapse_pte_mapped_thp` for the 2 MiB range at `va` of a file VMA, under
+    /// the mmap read lock and the PMD lock: map with `pte_offset_map_rw_nolock`, lock,
+    /// **revalidate with `pmd_same` before any write** (the typed `Unverified` → `Attached`
+    /// step), clear the PTEs, detach the table (`pmdp_collapse_flush`), free it after a grace
+    /// period, and map a huge page if one can be allocated.
+    ///
+    /// Only ranges of a file VMA that map file pages (and holes) collapse: an anonymous page
+    /// would be lost. Anything else is `Aborted`.
+    ///
+    /// # Errors
+    /// A bad address.
+    pub fn collapse_pte_mapped_thp(&self, va: u64) -> Result<CollapseOutcome, Error> {
+        let haddr = va & !(PMD_SIZE - 1);
+        self.check_va(va, 1)?;
+        let mm = self.mmap_read_lock();
+        let file = self.vma_at(haddr).is_some_and(|v| {
+            v.kind == VmaKind::File && v.start <= haddr && haddr + PMD_SIZE <= v.end
+        });
+        let Some(pmd) = mm.pmd_offset(haddr)?.filter(|_| file) else {
+            return Ok(CollapseOutcome::Aborted);
+        };
+        // The PMD lock is taken first and held to the end, as the kernel does when faults can
+        // refill PTEs without the folio lock (here every fault can): no PTE can be refilled
+        // between clearing it and detaching the table.
+        let pml = pmd_lock(&pmd);
+        // Step 2: rw_nolock, lock, pmd_same before any write, clear.
+        let Ok(nolock) = pte_offset_map_rw_nolock(&pmd, haddr) else {
+            return Ok(CollapseOutcome::Aborted);
+        };
+        let Ok(ptl) = nolock.lock().revalidate(&pmd) else {
+            return Ok(CollapseOutcome::Aborted);
+        };
+        // Only file pages (or holes) collapse: an anonymous page would be lost.
+        let collapsible = ptl
+            .entries()
+            .all(|p| p.is_none() || (p.is_present() && !p.is_anon() && !p.is_special()));
+        if !collapsible || ptl.entries().all(|p| p.is_none()) {
+            return Ok(CollapseOutcome::Aborted);
+        }
+        let mut pages = Vec::new();
+        for i in 0..super::ENTRIES as u64 {
+            pages.extend(ptl.ptep_get_and_clear(haddr + i * super::PAGE_SIZE).pfn());
+        }
+        // Step 4: detach (the PTE lock is still held and revalidated).
+        let table = match pmdp_collapse_flush(&pml, ptl) {
+            Ok(t) => t,
+            Err(_) => {
+                drop(pml);
+                self.put_pages_deferred(pages);
+                return Ok(CollapseOutcome::Aborted);
+            }
+        };
+        // Step 5: map the huge page, if there is memory for it.
+        let outcome = match (self.frames.alloc_huge(), DetachedPmd::pte_alloc_one(self)) {
+            (Ok(huge), Ok(deposit)) => match deposit.pgtable_trans_huge_deposit(&pml) {
+                Ok(()) => {
+                    pmd.slot().0.store(huge_entry(huge), Ordering::Release);
+                    self.counters.collapses.fetch_add(1, Ordering::Relaxed);
+                    CollapseOutcome::Collapsed
+                }
+                Err(r) => {
+                    r.value.pte_free();
+                    self.frames.put(huge);
+                    CollapseOutcome::TableRemoved
+                }
+            },
+            (huge, deposit) => {
+                if let Ok(h) = huge {
+                    self.frames.put(h);
+                }
+                if let Ok(d) = deposit {
+                    d.pte_free();
+                }
+                CollapseOutcome::TableRemoved
+            }
+        };
+        drop(pml);
+        self.put_pages_deferred(pages);
+        self.free_retired(table, haddr);
+        Ok(outcome)
+    }
+
+    /// khugepaged's anonymous `collapse_huge_page` for the 2 MiB range at `va`: mmap write
+    /// lock, **`vma_start_write` before checking the pmd** (B11: PT_RECLAIM runs under the VMA
+    /// read lock, which the mmap write lock alone does not exclude), PMD and PTE lock, detach.
+    /// The table is then reused, not freed, so lockless walkers must be gone first:
+    /// `tlb_remove_table_sync_one` (one grace period) turns it `Fresh`. Its PTEs are read
+    /// through the owned map (case 1); on success they are cleared and the table is deposited
+    /// under the new huge pmd; on failure (no huge page) it is populated back unchanged.
+    ///
+    /// Blocks for a grace period: do not call it inside an RCU read section of this MMU.
+    ///
+    /// # Errors
+    /// [`Error::NotInVma`] unless an anonymous VMA covers the range; [`Error::NotMapped`] if
+    /// no PTE table is there; [`Error::OutOfFrames`] (the table is restored).
+    pub fn collapse_huge_page(&self, va: u64) -> Result<CollapseOutcome, Error> {
+        let haddr = va & !(PMD_SIZE - 1);
+        self.check_va(va, 1)?;
+        let mm = self.mmap_write_lock();
+        let vma = self
+            .vma_at(haddr)
+            .filter(|v| v.kind == VmaKind::Anon && v.start <= haddr && haddr + PMD_SIZE <= v.end)
+            .ok_or(Error::NotInVma { addr: va })?;
+        let vw = mm
+            .vma_start_write(vma.start)
+            .ok_or(Error::NotInVma { addr: va })?;
+        // check_pmd_still_valid, now that every walker and remover is excluded.
+        let Some(pmd) = vw.pmd_offset(haddr)? else {
+            return Err(Error::NotMapped { addr: va });
+        };
+        let pml = pmd_lock(&pmd);
+        let ptl = match pte_offset_map_lock(&pmd, haddr) {
+            Ok(ptl) => ptl,
+            Err(NoMap::Huge) => return Ok(CollapseOutcome::Aborted),
+            Err(_) => return Err(Error::NotMapped { addr: va }),
+        };
+        let table = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error)?;
+        drop(pml);
+        // Reuse needs every lockless walker gone.
+        let table = table.tlb_remove_table_sync_one();
+        let huge = match self.frames.alloc_huge() {
+            Ok(h) => h,
+            Err(e) => {
+                let pml = pmd_lock(&pmd);
+                if let Err(r) = table.pmd_populate(&pml) {
+                    drop(pml);
+                    r.value.pte_free_defer();
+                }
+                return Err(e);
+            }
+        };
+        // Copy (here: take) the pages through the owned, locked map of the detached table.
+        let mut pages = Vec::new();
+        {
+            let owned = table.pmd();
+            let ptl =
+                pte_offset_map_lock(&owned, haddr).map_err(|_| Error::NotMapped { addr: va })?;
+            for i in 0..super::ENTRIES {
+                let old = ptl.ptep_get_index(i);
+                if !old.is_none() {
+                    ptl.set_pte_index(i, Pte::none());
+                    if let Some(pfn) = old.pfn().filter(|_| !old.is_special()) {
+                        pages.push(pfn);
+                    }
+                }
+            }
+        }
+        let pml = pmd_lock(&pmd);
+        if let Err(r) = table.pgtable_trans_huge_deposit(&pml) {
+            r.value.pte_free();
+        }
+        pmd.slot().0.store(huge_entry(huge), Ordering::Release);
+        drop(pml);
+        self.counters.collapses.fetch_add(1, Ordering::Relaxed);
+        self.put_pages_deferred(pages);
+        Ok(CollapseOutcome::Collapsed)
+    }
+}
