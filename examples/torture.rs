@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use typed_pgtable::mmu::{Mmu, MmuConfig, VmaKind, PMD_SIZE};
+use typed_pgtable::mmu::{Mmu, MmuConfig, PMD_SIZE, VmaKind};
 use typed_pgtable::provenance::{pte_offset_map, pte_offset_map_lock, pte_offset_map_unprotected};
 
 const BASE: u64 = 0x4000_0000;
@@ -26,7 +26,8 @@ const BASE: u64 = 0x4000_0000;
 const SPARE: u64 = 0x8000_0000;
 const PAGES: u64 = 48;
 
-const USAGE: &str = "usage: torture [--seconds N] [--threads N] [--seed N] [--frames N] [--regions N] \
+const USAGE: &str =
+    "usage: torture [--seconds N] [--threads N] [--seed N] [--frames N] [--regions N] \
 [--ops N (with --threads 1)] [--only k1,k2,..] [--unprotected] [--no-progress]
 kinds: fault huge split retract collapse_file collapse_anon cow reclaim munmap mremap";
 
@@ -137,11 +138,7 @@ fn parse() -> Result<Opts, String> {
         let mut val = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         let num = |v: String, name: &str| v.parse::<u64>().map_err(|e| format!("{name}: {e}"));
         match a.as_str() {
-            "--seconds" => {
-                o.seconds = val(&a)?
-                    .parse()
-                    .map_err(|e| format!("--seconds: {e}"))?
-            }
+            "--seconds" => o.seconds = val(&a)?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--threads" => o.threads = num(val(&a)?, &a)? as usize,
             "--seed" => o.seed = num(val(&a)?, &a)?,
             "--frames" => o.frames = num(val(&a)?, &a)? as usize,
@@ -213,13 +210,21 @@ impl Stats {
         v[k.index()].fetch_add(1, Ordering::Relaxed);
     }
     fn total(&self) -> u64 {
-        self.ok.iter().chain(&self.failed).map(|a| a.load(Ordering::Relaxed)).sum()
+        self.ok
+            .iter()
+            .chain(&self.failed)
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
 /// Even regions are anonymous VMAs, odd ones file VMAs; each is one 2 MiB VMA.
 fn region_kind(r: u64) -> VmaKind {
-    if r % 2 == 0 { VmaKind::Anon } else { VmaKind::File }
+    if r % 2 == 0 {
+        VmaKind::Anon
+    } else {
+        VmaKind::File
+    }
 }
 fn region(r: u64) -> u64 {
     BASE + r * PMD_SIZE
@@ -241,7 +246,8 @@ impl World<'_> {
         let mut ok = false;
         if let Ok(Some(copy)) = self.mmu.pmd_copy_lockless(&guard, va) {
             if let Ok(map) = pte_offset_map(&copy, va) {
-                ok = (0..8).any(|i| map.ptep_get(va + i * 0x1000).is_present()) && copy.still_installed();
+                ok = (0..8).any(|i| map.ptep_get(va + i * 0x1000).is_present())
+                    && copy.still_installed();
             }
         }
         self.stats.count(Kind::Walk, ok);
@@ -258,10 +264,12 @@ impl World<'_> {
         // section. The MMU never releases frame memory, so this is a logical use-after-free
         // that the audit reports, not undefined behaviour.
         let ok = match unsafe { pte_offset_map_unprotected(&stale, va) } {
-            Ok(map) => (0..8).map(|i| {
-                std::thread::yield_now();
-                map.ptep_get(va + i * 0x1000).is_present()
-            }).fold(false, |a, b| a | b),
+            Ok(map) => (0..8)
+                .map(|i| {
+                    std::thread::yield_now();
+                    map.ptep_get(va + i * 0x1000).is_present()
+                })
+                .fold(false, |a, b| a | b),
             Err(_) => false,
         };
         self.stats.count(Kind::Walk, ok);
@@ -276,12 +284,23 @@ impl World<'_> {
 
     fn locked_walk(&self, rng: &mut Rng) {
         let va = page(rng.below(self.o.regions), rng.below(PAGES));
-        let write = |pmd: Option<typed_pgtable::provenance::PmdRef<'_, Mmu, typed_pgtable::provenance::InTable>>| {
+        let write = |pmd: Option<
+            typed_pgtable::provenance::PmdRef<'_, Mmu, typed_pgtable::provenance::InTable>,
+        >| {
             let Some(pmd) = pmd else { return false };
-            let Ok(pte) = pte_offset_map_lock(&pmd, va) else { return false };
+            let Ok(pte) = pte_offset_map_lock(&pmd, va) else {
+                return false;
+            };
             let old = pte.ptep_get(va);
             if old.is_present() && !old.is_special() {
-                pte.set_pte(va, if old.is_young() { old.mkold() } else { old.mkyoung() });
+                pte.set_pte(
+                    va,
+                    if old.is_young() {
+                        old.mkold()
+                    } else {
+                        old.mkyoung()
+                    },
+                );
                 true
             } else {
                 false
@@ -319,11 +338,16 @@ impl World<'_> {
             Kind::Retract => !anon && mmu.retract_page_tables(region(r)).is_ok_and(|n| n > 0),
             Kind::CollapseFile => {
                 !anon
-                    && matches!(mmu.collapse_pte_mapped_thp(region(r)), Ok(typed_pgtable::mmu::CollapseOutcome::Collapsed))
+                    && matches!(
+                        mmu.collapse_pte_mapped_thp(region(r)),
+                        Ok(typed_pgtable::mmu::CollapseOutcome::Collapsed)
+                    )
             }
             Kind::CollapseAnon => {
-                anon
-                    && matches!(mmu.collapse_huge_page(region(r)), Ok(typed_pgtable::mmu::CollapseOutcome::Collapsed))
+                anon && matches!(
+                    mmu.collapse_huge_page(region(r)),
+                    Ok(typed_pgtable::mmu::CollapseOutcome::Collapsed)
+                )
             }
             Kind::Cow => !anon && mmu.cow_fault(page(r, rng.below(PAGES))).is_ok(),
             Kind::Reclaim => mmu
@@ -373,7 +397,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mmu = match Mmu::new(MmuConfig { frames: o.frames, va_limit: 1 << 40 }) {
+    let mmu = match Mmu::new(MmuConfig {
+        frames: o.frames,
+        va_limit: 1 << 40,
+    }) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");
@@ -395,8 +422,16 @@ fn main() -> ExitCode {
     let stats = Stats::new();
     let stop = AtomicBool::new(false);
     let backlog_peak = AtomicU64::new(0);
-    let world = World { mmu: &mmu, o: &o, stats: &stats };
-    let readers = if o.threads == 1 { 0 } else { (o.threads / 2).max(2).min(o.threads - 1) };
+    let world = World {
+        mmu: &mmu,
+        o: &o,
+        stats: &stats,
+    };
+    let readers = if o.threads == 1 {
+        0
+    } else {
+        (o.threads / 2).max(2).min(o.threads - 1)
+    };
     let updaters = o.threads - readers;
     println!(
         "torture: seed {}, {} thread(s) ({} readers{}, {} updaters), {} regions, {} frames, {}",
@@ -407,9 +442,21 @@ fn main() -> ExitCode {
         updaters,
         o.regions,
         o.frames,
-        if o.threads == 1 { format!("{} ops", o.ops) } else { format!("{:.1} s", o.seconds) }
+        if o.threads == 1 {
+            format!("{} ops", o.ops)
+        } else {
+            format!("{:.1} s", o.seconds)
+        }
     );
-    let bar = if o.progress { ProgressBar::new(if o.threads == 1 { o.ops } else { (o.seconds * 10.0) as u64 }) } else { ProgressBar::hidden() };
+    let bar = if o.progress {
+        ProgressBar::new(if o.threads == 1 {
+            o.ops
+        } else {
+            (o.seconds * 10.0) as u64
+        })
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -438,7 +485,8 @@ fn main() -> ExitCode {
             for t in 0..o.threads {
                 let (world, stop) = (&world, &stop);
                 handles.push(s.spawn(move || {
-                    let mut rng = Rng(world.o.seed ^ (t as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f));
+                    let mut rng =
+                        Rng(world.o.seed ^ (t as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f));
                     while !stop.load(Ordering::Relaxed) {
                         if t < readers {
                             world.reader(t, &mut rng);
@@ -454,11 +502,18 @@ fn main() -> ExitCode {
                 let r = mmu.rcu().stats();
                 backlog_peak.fetch_max(r.callbacks_queued - r.callbacks_run, Ordering::Relaxed);
                 bar.set_position((start.elapsed().as_secs_f64() * 10.0) as u64);
-                bar.set_message(format!("{} ops, {} violations", stats.total(), mmu.audit().violations()));
+                bar.set_message(format!(
+                    "{} ops, {} violations",
+                    stats.total(),
+                    mmu.audit().violations()
+                ));
             }
             stop.store(true, Ordering::Relaxed);
         }
-        handles.into_iter().map(|h| h.join().is_err()).fold(false, |a, b| a | b)
+        handles
+            .into_iter()
+            .map(|h| h.join().is_err())
+            .fold(false, |a, b| a | b)
     });
     bar.finish_and_clear();
     let elapsed = start.elapsed().as_secs_f64();
@@ -468,17 +523,42 @@ fn main() -> ExitCode {
     let violations = mmu.audit().violations();
     let problems = mmu.check_tables();
 
-    println!("{:<16} {:>12} {:>12} {:>12}", "operation", "done", "per second", "no-op/fail");
+    println!(
+        "{:<16} {:>12} {:>12} {:>12}",
+        "operation", "done", "per second", "no-op/fail"
+    );
     for k in ALL {
         let ok = stats.ok[k.index()].load(Ordering::Relaxed);
         let failed = stats.failed[k.index()].load(Ordering::Relaxed);
-        println!("{:<16} {:>12} {:>12.0} {:>12}", k.name(), ok, ok as f64 / elapsed, failed);
+        println!(
+            "{:<16} {:>12} {:>12.0} {:>12}",
+            k.name(),
+            ok,
+            ok as f64 / elapsed,
+            failed
+        );
     }
     println!("{:<16} {:>12.2} s", "elapsed", elapsed);
     println!("{:<16} {:>12}", "grace periods", rcu.grace_periods);
-    println!("{:<16} {:>12}  (tables; {} RCU callbacks run)", "deferred frees", s.tables_freed_deferred, rcu.callbacks_run);
-    println!("{:<16} {:>12}  (callbacks queued, not yet run)", "peak backlog", backlog_peak.load(Ordering::Relaxed));
-    println!("{:<16} {:>12}  (splits {}, collapses {}, reclaims {}, pgtables freed {}, moves {})", "tables", s.tables_installed, s.splits, s.collapses, s.reclaims, s.pgtables_freed, s.pmd_moves);
+    println!(
+        "{:<16} {:>12}  (tables; {} RCU callbacks run)",
+        "deferred frees", s.tables_freed_deferred, rcu.callbacks_run
+    );
+    println!(
+        "{:<16} {:>12}  (callbacks queued, not yet run)",
+        "peak backlog",
+        backlog_peak.load(Ordering::Relaxed)
+    );
+    println!(
+        "{:<16} {:>12}  (splits {}, collapses {}, reclaims {}, pgtables freed {}, moves {})",
+        "tables",
+        s.tables_installed,
+        s.splits,
+        s.collapses,
+        s.reclaims,
+        s.pgtables_freed,
+        s.pmd_moves
+    );
     println!("{:<16} {:>12}", "audit checks", mmu.audit().checks());
     println!("{:<16} {:>12}", "violations", violations);
     println!("{:<16} {:>12}", "lost anon pages", s.anon_pages_lost);
@@ -499,7 +579,11 @@ fn main() -> ExitCode {
         fail = true;
     }
     if s.anon_pages_lost > 0 || !problems.is_empty() {
-        eprintln!("FAIL: {} lost anonymous pages, {} inconsistent tables", s.anon_pages_lost, problems.len());
+        eprintln!(
+            "FAIL: {} lost anonymous pages, {} inconsistent tables",
+            s.anon_pages_lost,
+            problems.len()
+        );
         fail = true;
     }
     if fail {

@@ -62,6 +62,8 @@ pub mod error;
 pub mod mmu;
 pub mod provenance;
 pub mod rcu;
+#[doc(hidden)]
+pub mod sync;
 
 pub use error::{Error, NoMap, Rejected};
 

@@ -8,8 +8,7 @@ use super::vma::VmaKind;
 use super::{Mmu, PAGE_SIZE};
 use crate::error::{Error, NoMap};
 use crate::provenance::{
-    DetachedPmd, Fresh, InTable, PgtableBackend, PmdRef, pmd_lock, pte_offset_map,
-    pte_offset_map_lock,
+    DetachedPmd, Fresh, InTable, PmdRef, pmd_lock, pte_offset_map, pte_offset_map_lock,
 };
 use crate::rcu::RcuDomain;
 use std::boxed::Box;
@@ -31,12 +30,10 @@ impl Mmu {
     ) -> Result<DetachedPmd<'_, Mmu, Fresh>, Error> {
         match reserve.pop() {
             Some(pfn) => {
+                // INVARIANT: a reserved frame is zeroed, owned by the caller and reachable by no
+                // one, exactly what `pte_alloc_one` hands out.
                 self.frames.set_kind(pfn, FrameKind::Pte);
-                let pmdval = self.pmd_of_table(&self.table_ref(pfn));
-                // SAFETY: a reserved frame is zeroed, owned by the caller and reachable by no one.
-                unsafe { DetachedPmd::from_pmd(self, pmdval) }.map_err(|_| Error::InvalidConfig {
-                    reason: "reserved frame is not a table",
-                })
+                Ok(DetachedPmd::from_table(self, self.table_ref(pfn)))
             }
             None => DetachedPmd::pte_alloc_one(self),
         }
@@ -328,17 +325,6 @@ impl Mmu {
 }
 
 impl<'m> MmapReadGuard<'m> {
-    /// `pmd_alloc` drawing new upper-level tables from a reservation.
-    pub(crate) fn pmd_alloc_from(
-        &self,
-        va: u64,
-        reserve: &mut Vec<u64>,
-    ) -> Result<PmdRef<'_, Mmu, InTable>, Error> {
-        let slot = self.mmu().pmd_slot_alloc(va, reserve)?;
-        // SAFETY: the slot is in a PMD table of this MMU and this mmap read lock is held.
-        Ok(unsafe { PmdRef::from_slot(self.mmu(), slot) })
-    }
-
     /// Allocates and installs a PTE table at `va` if the slot is none (`pte_alloc`), allocating
     /// missing upper levels too. Needs a lock that allows installing: the mmap lock. Every
     /// frame is reserved first, so a failure changes nothing.

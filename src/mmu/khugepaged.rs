@@ -14,8 +14,8 @@ use super::vma::VmaKind;
 use super::{Mmu, PMD_SIZE};
 use crate::error::{Error, NoMap};
 use crate::provenance::{
-    DetachedPmd, InTable, PmdRef, Retired, pmd_lock, pmdp_collapse_flush,
-    pte_offset_map, pte_offset_map_lock, pte_offset_map_rw_nolock,
+    DetachedPmd, InTable, PmdRef, Retired, pmd_lock, pmdp_collapse_flush, pte_offset_map,
+    pte_offset_map_lock, pte_offset_map_rw_nolock,
 };
 use std::sync::atomic::Ordering;
 use std::vec::Vec;

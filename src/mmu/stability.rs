@@ -167,6 +167,20 @@ macro_rules! walks {
     };
 }
 
+impl MmapReadGuard<'_> {
+    /// `pmd_alloc` drawing new upper-level tables from a reservation.
+    pub(crate) fn pmd_alloc_from(
+        &self,
+        va: u64,
+        reserve: &mut Vec<u64>,
+    ) -> Result<PmdRef<'_, Mmu, InTable>, Error> {
+        let slot = self.mmu.pmd_slot_alloc(va, reserve)?;
+        // SAFETY: the slot is in a PMD table of this MMU; upper-level tables are never freed
+        // while the MMU lives, and this mmap read lock is held for the borrow of `self`.
+        Ok(unsafe { PmdRef::from_slot(self.mmu, slot) })
+    }
+}
+
 /// The mmap lock held for reading: a walk lock (faults, zaps, khugepaged's walks).
 #[must_use = "the mmap lock is released as soon as the guard is dropped"]
 pub struct MmapReadGuard<'m> {

@@ -33,7 +33,10 @@ fn set_pmd_huge(pml: &PmdLockGuard<'_, Mmu>, pfn: u64) {
 impl Mmu {
     /// The huge zero page (512 frames, allocated on first use and kept).
     fn huge_zero_pfn(&self) -> Result<u64, Error> {
-        let _init = self.huge_zero_init.lock().unwrap_or_else(|e| e.into_inner());
+        let _init = self
+            .huge_zero_init
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match self.huge_zero.load(Ordering::Acquire) {
             0 => {
                 let pfn = self.frames.alloc_huge()?;

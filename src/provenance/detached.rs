@@ -72,7 +72,9 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
         })
     }
 
-    fn from_table(backend: &'m B, table: B::Table) -> Self {
+    /// Takes ownership of a table the backend's own allocator just handed out (crate-internal:
+    /// the in-memory MMU's frame reservations use it, as `pte_alloc_one` does).
+    pub(crate) fn from_table(backend: &'m B, table: B::Table) -> Self {
         DetachedPmd {
             backend,
             pmdval: backend.pmd_of_table(&table),

@@ -46,6 +46,8 @@ use core::marker::PhantomData;
 mod epoch;
 #[cfg(feature = "std")]
 pub use epoch::{EpochRcu, EpochStats};
+#[doc(hidden)]
+pub mod tiny;
 
 /// A deferred callback, run once after a grace period.
 pub type RcuCallback = Box<dyn FnOnce() + Send + 'static>;
