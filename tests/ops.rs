@@ -15,7 +15,8 @@ use std::time::Duration;
 use typed_pgtable::mmu::check::{PtcReport, page_table_check_pte_clear_range};
 use typed_pgtable::mmu::{
     ADDR_MASK, CollapseOutcome, DIRTY, FrameKind, Mmu, MmuConfig, MmuDump, PAGE_SIZE, PMD_SIZE,
-    POISON, PmdKind, Pte, SplitOutcome, VmaKind, ZapStats, migration_entry, table_entry,
+    POISON, PmdKind, Pte, SplitOutcome, VmaKind, ZapStats, huge_entry, migration_entry,
+    table_entry,
 };
 use typed_pgtable::provenance::{
     DetachedPmd, pmd_lock, pte_offset_map, pte_offset_map_lock, pte_offset_map_ro_nolock,
@@ -785,19 +786,25 @@ fn split_of_a_migration_entry() {
 
 #[test]
 fn split_out_of_frames_is_an_error() {
-    let mmu = mmu(1024);
-    mmu.map_huge_zero(region(1)).unwrap();
+    let mmu = mmu(2048);
+    let hz = mmu.map_huge_zero(region(1)).unwrap();
+    // The zero page came with the huge zero page: a zero split never allocates it.
+    assert!(mmu.zero_page().is_some());
+    // A huge pmd with no deposited table (placed by hand): its split must allocate a table.
+    mmu.inject_pmd(region(2), huge_entry(hz)).unwrap();
     let mut held = Vec::new();
     while let Ok(pfn) = mmu.alloc_data_frame() {
         held.push(pfn);
     }
-    // The zero page (one frame) does not exist yet and cannot be allocated.
-    let out = unchanged(&mmu, |m| m.split_huge_pmd(region(1)));
-    assert!(matches!(pmd_kind(&mmu, region(1)), Some(PmdKind::Huge(_))));
+    let out = unchanged(&mmu, |m| m.split_huge_pmd(region(2)));
+    assert!(matches!(pmd_kind(&mmu, region(2)), Some(PmdKind::Huge(_))));
     assert_eq!(out, Err(Error::OutOfFrames { needed: 1, free: 0 }));
+    // The deposited one splits without allocating anything.
+    assert_eq!(mmu.split_huge_pmd(region(1)), Ok(SplitOutcome::ZeroSplit));
     for pfn in held {
         mmu.put_page(pfn);
     }
+    mmu.inject_pmd(region(2), 0).unwrap();
     finish(&mmu);
 }
 

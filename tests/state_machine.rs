@@ -296,6 +296,8 @@ struct Obs {
     runs: usize,
     /// The state after the call (and a grace period).
     dump: MmuDump,
+    /// The zero page after the call, if allocated.
+    zero: Option<u64>,
 }
 
 /// Checks a prediction against the observation, if there is one (the reference has none: it
@@ -838,8 +840,13 @@ impl Model {
                 if !ck.small(k) {
                     return ck.expect_oom();
                 }
+                // The first huge zero page comes with the 4 KiB zero page, allocated first.
+                let extra = usize::from(zero && self.huge_zero.is_none() && self.zero.is_none());
+                if !ck.small(k + extra) {
+                    return ck.expect_oom();
+                }
                 if !(zero && self.huge_zero.is_some()) {
-                    match ck.huge(k) {
+                    match ck.huge(k + extra) {
                         Some(true) => {}
                         Some(false) => return ck.expect_oom(),
                         // The reservation may have taken the last free run: either result.
@@ -857,6 +864,9 @@ impl Model {
                         None => {
                             self.check_fresh(ck, pfn, PTES)?;
                             self.huge_zero = Some(pfn);
+                            if self.zero.is_none() {
+                                self.zero = Some(ck.obs.and_then(|o| o.zero).unwrap_or(0));
+                            }
                         }
                     }
                 } else {
@@ -1384,6 +1394,7 @@ impl Sut {
             free,
             runs,
             dump: self.mmu.dump(),
+            zero: self.mmu.zero_page(),
         };
         let ck = Ck::new(Some(&obs));
         let before = format!("{:?}", self.model);

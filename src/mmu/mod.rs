@@ -231,6 +231,20 @@ impl Mmu {
         Ok(pfn)
     }
 
+    /// The zero page, if it has been allocated (never allocates).
+    pub fn zero_page(&self) -> Option<u64> {
+        *self.zero_page.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives back a zero page allocated by a call that then failed.
+    pub(crate) fn drop_zero_page(&self, pfn: u64) {
+        let mut z = self.zero_page.lock().unwrap_or_else(|e| e.into_inner());
+        if *z == Some(pfn) {
+            *z = None;
+            self.frames.free(pfn);
+        }
+    }
+
     /// Allocates a data frame (for callers that build tables by hand).
     ///
     /// # Errors

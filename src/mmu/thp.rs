@@ -31,19 +31,30 @@ fn set_pmd_huge(pml: &PmdLockGuard<'_, Mmu>, pfn: u64) {
 }
 
 impl Mmu {
-    /// The huge zero page (512 frames, allocated on first use and kept).
+    /// The huge zero page (512 frames, allocated on first use and kept), and with it the 4 KiB
+    /// zero page, so that splitting a huge zero pmd never needs to allocate (the kernel's zero
+    /// page is static). On failure nothing stays allocated.
     fn huge_zero_pfn(&self) -> Result<u64, Error> {
         let _init = self
             .huge_zero_init
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        match self.huge_zero.load(Ordering::Acquire) {
-            0 => {
-                let pfn = self.frames.alloc_huge()?;
+        if let pfn @ 1.. = self.huge_zero.load(Ordering::Acquire) {
+            return Ok(pfn);
+        }
+        let had_zero = self.zero_page().is_some();
+        let zero = self.zero_pfn()?;
+        match self.frames.alloc_huge() {
+            Ok(pfn) => {
                 self.huge_zero.store(pfn, Ordering::Release);
                 Ok(pfn)
             }
-            pfn => Ok(pfn),
+            Err(e) => {
+                if !had_zero {
+                    self.drop_zero_page(zero);
+                }
+                Err(e)
+            }
         }
     }
 
