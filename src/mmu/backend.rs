@@ -185,24 +185,13 @@ unsafe impl PgtableBackend for Mmu {
 
     unsafe fn pgtable_trans_huge_deposit(&self, slot: &PmdSlot, table: &TableRef) {
         if let Some((pfn, index)) = self.frames.locate(slot) {
-            let mut dep = self
-                .frames
-                .desc(pfn)
-                .deposit
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            dep.push((index as u16, table.pfn));
+            self.frames.deposits(pfn).push((index as u16, table.pfn));
         }
     }
 
     unsafe fn pgtable_trans_huge_withdraw(&self, slot: &PmdSlot) -> Option<TableRef> {
         let (pfn, index) = self.frames.locate(slot)?;
-        let mut dep = self
-            .frames
-            .desc(pfn)
-            .deposit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut dep = self.frames.deposits(pfn);
         let at = dep.iter().position(|&(i, _)| i as usize == index)?;
         let (_, table) = dep.remove(at);
         let generation = self.frames.desc(table).generation.load(Ordering::Acquire);

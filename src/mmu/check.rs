@@ -76,13 +76,7 @@ impl Mmu {
     }
 
     fn check_deposits(&self, pmdt: u64, seen: &mut HashSet<u64>, problems: &mut Vec<String>) {
-        let dep = self
-            .frames
-            .desc(pmdt)
-            .deposit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let dep = self.frames.deposits(pmdt).clone();
         for (i, t) in dep {
             if self.frames.kind(t) != FrameKind::Pte {
                 problems.push(format!(

@@ -319,6 +319,15 @@ impl Frames {
 }
 
 impl Frames {
+    /// The tables deposited on slots of the PMD table at `pfn` (protected by its PMD lock; the
+    /// mutex only makes the access safe Rust).
+    pub(crate) fn deposits(&self, pfn: u64) -> std::sync::MutexGuard<'_, Vec<(u16, u64)>> {
+        self.desc(pfn)
+            .deposit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Re-labels a frame taken from a reservation made for another kind.
     pub(crate) fn set_kind(&self, pfn: u64, kind: FrameKind) {
         self.desc(pfn).kind.store(kind as u8, Ordering::Release);

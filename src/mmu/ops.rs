@@ -194,12 +194,7 @@ impl Mmu {
         deposits: &mut Vec<(u64, u16, u64)>,
     ) {
         if level == 2 {
-            let dep = self
-                .frames
-                .desc(pfn)
-                .deposit
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let dep = self.frames.deposits(pfn);
             deposits.extend(dep.iter().map(|&(i, t)| (pfn, i, t)));
         }
         for i in 0..ENTRIES {

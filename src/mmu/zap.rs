@@ -5,7 +5,7 @@ use super::entry::PmdKind;
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
 use crate::error::{Error, NoMap};
 use crate::provenance::{
-    Attached, InTable, PmdRef, PteLocked, pmd_lock, pmd_trylock, pmdp_collapse_flush,
+    Attached, InTable, PmdLockGuard, PmdRef, PteLocked, pmd_lock, pmd_trylock, pmdp_collapse_flush,
     pte_offset_map_lock,
 };
 use std::sync::atomic::Ordering;
@@ -188,33 +188,30 @@ impl Mmu {
     ) -> bool {
         // Fast path (`try_get_and_clear_pmd`): trylock, since the PTE lock is already held.
         if let Some(pml) = pmd_trylock(pmd) {
-            return match pmdp_collapse_flush(&pml, ptl) {
-                Ok(table) => {
-                    drop(pml);
-                    table.pte_free_defer();
-                    self.counters.reclaims.fetch_add(1, Ordering::Relaxed);
-                    true
-                }
-                Err(_) => false,
-            };
+            return self.reclaim_locked(pml, ptl);
         }
         drop(ptl);
         // Slow path (`try_to_free_pte`): PMD lock first, then the PTE lock, recheck emptiness.
         let pml = pmd_lock(pmd);
-        let Ok(ptl) = pte_offset_map_lock(pmd, 0) else {
+        match pte_offset_map_lock(pmd, 0) {
+            Ok(ptl) if ptl.entries().all(|p| p.is_none()) => self.reclaim_locked(pml, ptl),
+            _ => false,
+        }
+    }
+
+    /// Detaches an empty table under both locks and frees it after a grace period
+    /// (`free_pte` → `tlb_remove_table`, RCU mode).
+    fn reclaim_locked(
+        &self,
+        pml: PmdLockGuard<'_, Mmu>,
+        ptl: PteLocked<'_, Mmu, Attached>,
+    ) -> bool {
+        let Ok(table) = pmdp_collapse_flush(&pml, ptl) else {
             return false;
         };
-        if !ptl.entries().all(|p| p.is_none()) {
-            return false;
-        }
-        match pmdp_collapse_flush(&pml, ptl) {
-            Ok(table) => {
-                drop(pml);
-                table.pte_free_defer();
-                self.counters.reclaims.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(_) => false,
-        }
+        drop(pml);
+        table.pte_free_defer();
+        self.counters.reclaims.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
