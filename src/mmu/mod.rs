@@ -25,9 +25,32 @@
 //!
 //! # Operations
 //!
-//! [`Mmu::map_page`], [`Mmu::unmap_page`], [`Mmu::map_huge`], [`Mmu::unmap_huge`],
-//! [`Mmu::translate`] and [`Mmu::retract_pte_table`], each written through the typed API and
-//! each returning a typed [`Error`] that leaves the MMU unchanged.
+//! Each written only through the safe typed API (the files below hold no `unsafe`), each
+//! returning a typed [`Error`] that leaves the MMU unchanged:
+//!
+//! - faults: [`Mmu::map_page`], [`Mmu::map_pages`], [`MmapReadGuard::pte_alloc`],
+//!   [`MmapReadGuard::pmd_install`], [`Mmu::cow_fault`] (`fault.rs`);
+//! - THP: [`Mmu::map_huge`], [`Mmu::map_huge_zero`], [`Mmu::split_huge_pmd`],
+//!   [`Mmu::unmap_huge`] (`thp.rs`);
+//! - khugepaged: [`Mmu::retract_page_tables`], [`Mmu::collapse_pte_mapped_thp`],
+//!   [`Mmu::collapse_huge_page`], and the simpler [`Mmu::retract_pte_table`]
+//!   (`khugepaged.rs`);
+//! - GUP-fast: [`Mmu::gup_fast`] (`gup.rs`);
+//! - zap and PT_RECLAIM: [`Mmu::unmap_page`], [`Mmu::madvise_dontneed`] (`zap.rs`);
+//! - teardown and moves: [`Mmu::munmap`] with [`Exclusive::free_pgtables`],
+//!   [`Mmu::move_normal_pmd`] (`munmap.rs`);
+//! - checks: [`check::page_table_check_pte_clear_range`], [`Mmu::check_tables`] (`check.rs`);
+//! - lookups: [`Mmu::translate`], [`Mmu::pmd_copy_lockless`], [`Mmu::dump`] (`ops.rs`).
+//!
+//! VMAs and their locks (`vma.rs`): [`Mmu::mmap`], [`Mmu::lock_vma_under_rcu`],
+//! [`Mmu::i_mmap_lock_read`], [`MmapWriteGuard::vma_start_write`] and the exclusive token
+//! [`MmapWriteGuard::detach_range`]. The crate's [`kernel_map`](crate::kernel_map) table maps
+//! each kernel function to these calls.
+//!
+//! One rule for callers: never take a sleeping lock (the mmap, VMA or rmap lock) inside an RCU
+//! read section, and never call an operation that waits for a grace period
+//! ([`Mmu::collapse_huge_page`], [`Mmu::rcu_barrier`]) inside one: the grace period would wait
+//! for the section, as in the kernel.
 
 mod audit;
 mod backend;
