@@ -179,8 +179,10 @@ unsafe impl PgtableBackend for Mmu {
 
     unsafe fn pmdp_collapse_flush(&self, slot: &PmdSlot) -> PmdVal {
         let old = slot.0.swap(0, Ordering::AcqRel);
-        // No TLB to flush in this model; a hardware walker would be shot down here.
-        self.snapshot_detached(old)
+        // No TLB to flush in this model; a hardware walker would be shot down here. The table
+        // cannot have been freed (both locks are held), so its current generation is the one
+        // its readers recorded.
+        self.snapshot(old)
     }
 
     unsafe fn pgtable_trans_huge_deposit(&self, slot: &PmdSlot, table: &TableRef) {
@@ -221,14 +223,6 @@ unsafe impl PgtableBackend for Mmu {
         let frames = self.frames.clone();
         let pfn = table.pfn;
         self.rcu.call_rcu(Box::new(move || frames.free(pfn)));
-    }
-}
-
-impl Mmu {
-    /// The snapshot of a value just taken out of a slot under both locks: the table cannot
-    /// have been freed, so its current generation is the one readers recorded.
-    fn snapshot_detached(&self, raw: u64) -> PmdVal {
-        self.snapshot(raw)
     }
 }
 

@@ -5,7 +5,9 @@ use super::entry::PmdKind;
 use super::vma::Exclusive;
 use super::{Mmu, PMD_SIZE};
 use crate::error::Error;
-use crate::provenance::{pmd_clear_exclusive, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock};
+use crate::provenance::{
+    PgtableBackend, pmd_clear_exclusive, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock,
+};
 use std::sync::atomic::Ordering;
 
 impl Exclusive<'_> {
@@ -93,7 +95,7 @@ impl Mmu {
         };
         let _rmap = self.i_mmap_lock_write();
         let old_pml = pmd_lock(&old_pmd);
-        let new_pml = if self.same_lock(&old_pmd, &new_pmd) {
+        let new_pml = if self.same_pmd_lock(old_pmd.slot(), new_pmd.slot()) {
             None
         } else {
             Some(pmd_lock(&new_pmd))
@@ -117,13 +119,5 @@ impl Mmu {
         }
         self.counters.pmd_moves.fetch_add(1, Ordering::Relaxed);
         Ok(())
-    }
-
-    fn same_lock(
-        &self,
-        a: &crate::provenance::PmdRef<'_, Mmu, crate::provenance::InTable>,
-        b: &crate::provenance::PmdRef<'_, Mmu, crate::provenance::InTable>,
-    ) -> bool {
-        crate::provenance::PgtableBackend::same_pmd_lock(self, a.slot(), b.slot())
     }
 }
