@@ -81,8 +81,7 @@ struct Bitmap {
     hint: usize,
 }
 
-/// `n` zeroed entry cells in one zeroed allocation (much faster than `n` constructions, which
-/// matters for large arenas and under Miri).
+/// `n` zeroed entry cells in one zeroed allocation, instead of `n` separate constructions.
 fn zeroed_cells(n: usize) -> Box<[PmdSlot]> {
     let Ok(layout) = std::alloc::Layout::array::<PmdSlot>(n) else {
         return (0..n).map(|_| PmdSlot::default()).collect();

@@ -31,7 +31,7 @@ pub struct EpochStats {
 
 /// An RCU domain on its own crossbeam-epoch collector.
 ///
-/// Read sections are crossbeam pins (a few nanoseconds, nesting allowed); `call_rcu` defers a
+/// Read sections are crossbeam pins (they nest); `call_rcu` defers a
 /// closure into the collector and flushes it to the global queue at once, so that callbacks run
 /// in the order they were queued and [`rcu_barrier`](RcuDomain::rcu_barrier) can wait for them.
 pub struct EpochRcu {
