@@ -118,7 +118,13 @@ fn same_scenario_through_typed_api_is_clean() {
     // Keep reading until the remover has detached the table, and for a while after: the
     // reads stay valid and nothing is freed while the map (and its read section) lives.
     let mut after = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while copy.still_installed() || after < 200 {
+        assert!(
+            std::time::Instant::now() < deadline && !remover.is_finished()
+                || !copy.still_installed(),
+            "the remover never detached the table"
+        );
         assert_eq!(map.ptep_get(VA).pfn(), Some(pfn));
         assert!(
             !freed.load(Ordering::Acquire),
