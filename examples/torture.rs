@@ -129,7 +129,13 @@ fn parse() -> Result<Opts, String> {
         frames: 64 * 1024,
         regions: 24,
         ops: 200_000,
-        kinds: UPDATES.to_vec(),
+        // Every operation; retract three times as often, since it is the remover the lockless
+        // readers race most directly (and most retracts find nothing to do).
+        kinds: UPDATES
+            .iter()
+            .copied()
+            .chain([Kind::Retract, Kind::Retract])
+            .collect(),
         unprotected: false,
         progress: true,
     };
