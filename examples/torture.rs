@@ -48,18 +48,6 @@ enum Kind {
     Mremap,
 }
 
-const UPDATES: [Kind; 10] = [
-    Kind::Fault,
-    Kind::Huge,
-    Kind::Split,
-    Kind::Retract,
-    Kind::CollapseFile,
-    Kind::CollapseAnon,
-    Kind::Cow,
-    Kind::Reclaim,
-    Kind::Munmap,
-    Kind::Mremap,
-];
 const ALL: [Kind; 13] = [
     Kind::Walk,
     Kind::Gup,
@@ -75,6 +63,8 @@ const ALL: [Kind; 13] = [
     Kind::Munmap,
     Kind::Mremap,
 ];
+/// The updaters' operations: everything but the three kinds of reader.
+const UPDATES: &[Kind] = ALL.split_at(3).1;
 
 impl Kind {
     fn name(self) -> &'static str {
