@@ -107,6 +107,10 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
 
     /// Maps the table for lock-free writes: the holder owns it, so no PTE lock is needed
     /// (`pte_offset_map(&_pmd, haddr)` in `__split_huge_pmd_locked`).
+    ///
+    /// # Panics
+    /// Only if the backend breaks its contract (item 4) by classifying the value that named
+    /// this table as no table.
     pub fn pte_offset_map_mut(&mut self, addr: u64) -> PteMapMut<'_, B> {
         let pmd = PmdRef::<B, Detached>::from_parts(self.backend, self.pmdval);
         match PteMap::open(&pmd, addr, MapKind::Owned, false) {
@@ -314,6 +318,10 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
 /// # Errors
 /// Hands the lock back if it belongs to another backend ([`Error::WrongMmu`]) or maps another
 /// table than the one in the slot ([`Error::PmdChanged`]).
+///
+/// # Panics
+/// Only if the backend breaks its contract (items 2 and 4): the slot changed under both locks,
+/// or a value that named a table is classified as none.
 pub fn pmdp_collapse_flush<'a, 't, B: PgtableBackend>(
     pml: &PmdLockGuard<'a, B>,
     ptl: PteLocked<'t, B, Attached>,
