@@ -90,7 +90,7 @@ impl Mmu {
         // then the rmap write lock (rmap walkers and retract are out).
         let _old_vma = mm.vma_start_write(old);
         let _new_vma = match self.vma_at(new) {
-            Some(v) if !v.contains_addr(old) => mm.vma_start_write(new),
+            Some(v) if !v.contains(old) => mm.vma_start_write(new),
             _ => None,
         };
         let _rmap = self.i_mmap_lock_write();

@@ -113,11 +113,8 @@ impl Vma {
             anon_vma: self.anon_vma.load(Ordering::Acquire),
         }
     }
-    fn contains(&self, va: u64) -> bool {
+    pub(crate) fn contains(&self, va: u64) -> bool {
         self.start <= va && va < self.end
-    }
-    pub(crate) fn contains_addr(&self, va: u64) -> bool {
-        self.contains(va)
     }
 }
 
