@@ -56,8 +56,9 @@ pub enum Error {
         /// The address.
         addr: u64,
     },
-    /// A PTE table with live entries covers the 2 MiB range, so a huge mapping cannot be made.
-    #[error("a PTE table with mappings covers the huge range at {addr:#x}")]
+    /// A PTE table (possibly empty) covers the 2 MiB range, so a huge mapping cannot be made
+    /// or unmapped there.
+    #[error("a PTE table covers the huge range at {addr:#x}")]
     TableInTheWay {
         /// The start of the 2 MiB range.
         addr: u64,

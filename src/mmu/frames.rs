@@ -59,7 +59,8 @@ impl FrameKind {
 /// The descriptor of one frame (`struct ptdesc`).
 ///
 /// The split lock lives here, as in the kernel; descriptors are never deallocated, so a lock
-/// outlives every grace period of its table (bug B9 cannot happen by construction).
+/// outlives every grace period of its table. Taking the lock of a freed table is still reported
+/// by the audit, as the logical use-after-free it is (bug B9).
 #[derive(Debug, Default)]
 pub(crate) struct FrameDesc {
     pub(crate) generation: AtomicU32,

@@ -22,7 +22,8 @@ pub struct MmuStats {
     pub tables_freed_deferred: u64,
     /// Tables retracted (`retract_pte_table`, `retract_page_tables`).
     pub retracts: u64,
-    /// Anonymous pages a retraction dropped: data lost. Always 0 unless a remover is buggy.
+    /// Anonymous pages a remover dropped with their table (retraction, collapse or
+    /// `free_pgtables`): data lost. Always 0 unless a remover is buggy.
     pub anon_pages_lost: u64,
     /// Huge pmds split into PTE tables.
     pub splits: u64,
