@@ -22,7 +22,8 @@ use typed_pgtable::mmu::{Mmu, MmuConfig, PMD_SIZE, VmaKind};
 use typed_pgtable::provenance::{pte_offset_map, pte_offset_map_lock, pte_offset_map_unprotected};
 
 const BASE: u64 = 0x4000_0000;
-/// Where `move_normal_pmd` parks tables (one slot per region, in another 1 GiB).
+/// Where `move_normal_pmd` parks tables: one VMA per region, of the region's kind, in another
+/// 1 GiB (a table moves only between VMAs of one kind, and takes its `anon_vma` with it).
 const SPARE: u64 = 0x8000_0000;
 const PAGES: u64 = 48;
 
@@ -405,7 +406,11 @@ fn main() -> ExitCode {
     };
     let mut rng = Rng(o.seed);
     for r in 0..o.regions {
-        if let Err(e) = mmu.mmap(region(r), PMD_SIZE, region_kind(r)) {
+        let spare = SPARE + r * PMD_SIZE;
+        if let Err(e) = mmu
+            .mmap(region(r), PMD_SIZE, region_kind(r))
+            .and_then(|()| mmu.mmap(spare, PMD_SIZE, region_kind(r)))
+        {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }

@@ -22,6 +22,9 @@ fn busy(frames: usize) -> Mmu {
     let m = mmu(frames);
     m.mmap(A, 2 * PMD_SIZE, VmaKind::Anon).unwrap();
     m.mmap(A + 4 * PMD_SIZE, PMD_SIZE, VmaKind::File).unwrap();
+    // Empty, for moves between empty pmds.
+    m.mmap(A + 6 * PMD_SIZE, 2 * PMD_SIZE, VmaKind::File)
+        .unwrap();
     for i in 0..8 {
         m.map_page(A + i * 0x1000).unwrap();
     }
@@ -187,9 +190,23 @@ fn rows() -> Vec<(&'static str, usize, Call, Error)> {
         (
             "move onto a mapped pmd",
             4096,
+            |m| m.move_normal_pmd(A, A + PMD_SIZE),
+            Error::AlreadyMapped { addr: A + PMD_SIZE },
+        ),
+        (
+            "move into a VMA of the other kind",
+            4096,
             |m| m.move_normal_pmd(A, A + 4 * PMD_SIZE),
-            Error::AlreadyMapped {
+            Error::NotInVma {
                 addr: A + 4 * PMD_SIZE,
+            },
+        ),
+        (
+            "move to where no VMA is",
+            4096,
+            |m| m.move_normal_pmd(A, A + 5 * PMD_SIZE),
+            Error::NotInVma {
+                addr: A + 5 * PMD_SIZE,
             },
         ),
         (

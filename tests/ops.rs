@@ -1946,6 +1946,9 @@ fn munmap_of_part_of_a_table_keeps_the_table() {
 #[test]
 fn move_normal_pmd_moves_the_table() {
     let mmu = mmu(1024);
+    // Tables move between VMAs of one kind.
+    mmu.mmap(region(1), PMD_SIZE, VmaKind::File).unwrap();
+    mmu.mmap(region(7), PMD_SIZE, VmaKind::File).unwrap();
     let pages = map_pages(&mmu, region(1) + 0x10_0000, 3);
     let t = table_of(&mmu, region(1));
     let s0 = mmu.stats();
@@ -1979,6 +1982,9 @@ fn move_normal_pmd_into_another_pmd_table() {
         va_limit: 4 * GIB,
     })
     .unwrap();
+    mmu.mmap(region(1), PMD_SIZE, VmaKind::File).unwrap();
+    mmu.mmap(3 * GIB + region(2), PMD_SIZE, VmaKind::File)
+        .unwrap();
     let pfn = mmu.map_page(region(1)).unwrap();
     let t = table_of(&mmu, region(1));
     let free = mmu.free_frames();
@@ -1994,10 +2000,18 @@ fn move_normal_pmd_into_another_pmd_table() {
 #[test]
 fn move_normal_pmd_errors() {
     let mmu = mmu(2048);
+    mmu.mmap(region(1), 5 * PMD_SIZE, VmaKind::Anon).unwrap();
+    mmu.mmap(region(6), PMD_SIZE, VmaKind::File).unwrap();
+    mmu.mmap(region(7), PMD_SIZE / 2, VmaKind::Anon).unwrap();
     map_pages(&mmu, region(1), 2);
     map_pages(&mmu, region(2), 2);
     mmu.map_huge(region(3)).unwrap();
     let cases = [
+        // Both ends must be wholly inside VMAs of one kind.
+        (region(1), region(6), Error::NotInVma { addr: region(6) }),
+        (region(1), region(7), Error::NotInVma { addr: region(7) }),
+        (region(1), region(8), Error::NotInVma { addr: region(8) }),
+        (region(8), region(5), Error::NotInVma { addr: region(8) }),
         (region(4), region(5), Error::NotMapped { addr: region(4) }),
         (region(3), region(5), Error::NotMapped { addr: region(3) }),
         (
@@ -2053,6 +2067,8 @@ fn move_normal_pmd_errors() {
         va_limit: 2 * GIB,
     })
     .unwrap();
+    big.mmap(GIB, PMD_SIZE, VmaKind::Anon).unwrap();
+    big.mmap(region(1), PMD_SIZE, VmaKind::Anon).unwrap();
     big.map_page(0).unwrap();
     assert_eq!(
         unchanged(&big, |m| m.move_normal_pmd(GIB, region(1))),
@@ -2197,6 +2213,7 @@ fn frames_return_after_everything_is_torn_down() {
     mmu.madvise_dontneed(region(2) + PAGE_SIZE, PAGE_SIZE, true)
         .unwrap();
     mmu.map_page(region(4)).unwrap();
+    mmu.mmap(region(20), PMD_SIZE, VmaKind::Anon).unwrap();
     mmu.move_normal_pmd(region(4), region(20)).unwrap();
     map_pages(&mmu, region(6), ENTRIES);
     mmu.collapse_pte_mapped_thp(region(6)).unwrap();

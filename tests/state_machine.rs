@@ -4,9 +4,11 @@
 //! # The address space
 //!
 //! Four 2 MiB regions with VMAs (anonymous, file, anonymous, file, at 0, 2, 4 and 6 MiB) and two
-//! spare pmd slots without a VMA: one right after them (8 MiB, same PMD table and PMD lock) and
-//! one at 512 GiB (its own PUD and PMD tables, another PMD lock), which `move_normal_pmd` moves
-//! tables to and back from. The arena has 4096 frames (plenty: seven free huge runs) or, in a
+//! spare pmd slots that start without a VMA: one right after them (8 MiB, same PMD table and PMD
+//! lock) and one at 512 GiB (its own PUD and PMD tables, another PMD lock). `mmap` gives the
+//! first spare an anonymous VMA and the second a file VMA; `move_normal_pmd` moves tables
+//! between VMAs of one kind (regions and spares), and the destination takes the source's
+//! `anon_vma`. The arena has 4096 frames (plenty: seven free huge runs) or, in a
 //! quarter of the cases, 2048 (three huge runs, so huge allocations run out).
 //!
 //! # The model
@@ -69,8 +71,15 @@ use typed_pgtable::mmu::{
 const REGIONS: usize = 4;
 /// Pmd slots: the regions, then the spares.
 const SLOTS: usize = REGIONS + 2;
-/// What backs each region.
-const KINDS: [VmaKind; REGIONS] = [VmaKind::Anon, VmaKind::File, VmaKind::Anon, VmaKind::File];
+/// What backs each slot's VMA, when it has one.
+const KINDS: [VmaKind; SLOTS] = [
+    VmaKind::Anon,
+    VmaKind::File,
+    VmaKind::Anon,
+    VmaKind::File,
+    VmaKind::Anon,
+    VmaKind::File,
+];
 /// Where each slot starts.
 const SLOT_VA: [u64; SLOTS] = [
     0,
@@ -161,10 +170,8 @@ struct Ctr {
 struct Model {
     frames: usize,
     slots: [Pmd; SLOTS],
-    /// `Some(anon_vma)` if the region has a VMA.
-    vmas: [Option<bool>; REGIONS],
-    /// For a spare slot's table: the region it was moved from (guides generation only).
-    origin: [Option<usize>; SLOTS],
+    /// `Some(anon_vma)` if the slot has a VMA.
+    vmas: [Option<bool>; SLOTS],
     /// PUD tables (keyed by `va >> 39`) and PMD tables (`va >> 30`) that exist.
     puds: BTreeSet<u64>,
     pmds: BTreeSet<u64>,
@@ -189,7 +196,6 @@ impl std::fmt::Debug for Model {
             d.field(&format!("slot{s}"), &text);
         }
         d.field("vmas", &self.vmas)
-            .field("origin", &self.origin)
             .field("puds", &self.puds)
             .field("pmds", &self.pmds)
             .field("zero", &self.zero)
@@ -514,8 +520,14 @@ impl Model {
         Model {
             frames,
             slots: Default::default(),
-            vmas: [Some(false); REGIONS],
-            origin: [None; SLOTS],
+            vmas: [
+                Some(false),
+                Some(false),
+                Some(false),
+                Some(false),
+                None,
+                None,
+            ],
             puds: BTreeSet::new(),
             pmds: BTreeSet::new(),
             zero: None,
@@ -543,11 +555,11 @@ impl Model {
     }
 
     fn vma_kind(&self, slot: usize) -> Option<VmaKind> {
-        (slot < REGIONS && self.vmas[slot].is_some()).then(|| KINDS[slot])
+        self.vmas[slot].is_some().then(|| KINDS[slot])
     }
 
     fn anon_vma_prepare(&mut self, slot: usize) {
-        if slot < REGIONS && self.vmas[slot].is_some() {
+        if self.vmas[slot].is_some() {
             self.vmas[slot] = Some(true);
         }
     }
@@ -571,9 +583,6 @@ impl Model {
     }
 
     fn set(&mut self, slot: usize, pmd: Pmd) {
-        if pmd == Pmd::None {
-            self.origin[slot] = None;
-        }
         self.slots[slot] = pmd;
     }
 
@@ -1022,14 +1031,14 @@ impl Model {
                 let (start, end) = range_of(slot, first, pages);
                 let overlaps = |r: usize| SLOT_VA[r] < end && start < SLOT_VA[r] + PMD_SIZE;
                 // detach_range: a VMA that straddles an edge fails the whole call.
-                if let Some(r) = (0..REGIONS).find(|&r| {
+                if let Some(r) = (0..SLOTS).find(|&r| {
                     self.vmas[r].is_some()
                         && overlaps(r)
                         && (SLOT_VA[r] < start || SLOT_VA[r] + PMD_SIZE > end)
                 }) {
                     return ck.expect_err(Error::PartialVma { addr: SLOT_VA[r] });
                 }
-                for r in (0..REGIONS).filter(|&r| overlaps(r)) {
+                for r in (0..SLOTS).filter(|&r| overlaps(r)) {
                     self.vmas[r] = None;
                 }
                 self.zap(start, end, false, ck)?;
@@ -1060,6 +1069,13 @@ impl Model {
             }
             Op::MovePmd { from, to } => {
                 let (old, new) = (SLOT_VA[from], SLOT_VA[to]);
+                // Both ends wholly inside VMAs of one kind.
+                let Some(kind) = self.vma_kind(from) else {
+                    return ck.expect_err(Error::NotInVma { addr: old });
+                };
+                if self.vma_kind(to) != Some(kind) {
+                    return ck.expect_err(Error::NotInVma { addr: new });
+                }
                 if !matches!(self.slots[from], Pmd::Table(_)) {
                     return ck.expect_err(Error::NotMapped { addr: old });
                 }
@@ -1071,15 +1087,12 @@ impl Model {
                     return ck.expect_err(Error::AlreadyMapped { addr: new });
                 }
                 ck.expect(Res::Unit(Ok(())))?;
-                let origin = if from < REGIONS {
-                    Some(from)
-                } else {
-                    self.origin[from]
-                };
+                // The table's anonymous pages stay covered by an anon_vma.
+                if self.vmas[from] == Some(true) {
+                    self.anon_vma_prepare(to);
+                }
                 let table = std::mem::replace(&mut self.slots[from], Pmd::None);
-                self.set(from, Pmd::None);
                 self.slots[to] = table;
-                self.origin[to] = origin.filter(|_| to >= REGIONS);
                 self.ctr.pmd_moves += 1;
             }
             Op::GupFast { slot, idx, n } => {
@@ -1187,11 +1200,12 @@ impl ReferenceStateMachine for Reference {
             .filter(|&(s, _)| state.vma_kind(s) == Some(VmaKind::File))
             .collect();
         let slot_page = || (any_slot(), idx()).boxed();
-        let missing_vmas = state.vmas.iter().filter(|v| v.is_none()).count() as u32;
+        // Regions get their VMA back quickly; spares get one now and then.
+        let missing_vmas = state.vmas[..REGIONS].iter().filter(|v| v.is_none()).count() as u32;
+        let missing_spares = state.vmas[REGIONS..].iter().filter(|v| v.is_none()).count() as u32;
         let occupied_spares = (REGIONS..SLOTS)
             .filter(|&s| state.slots[s] != Pmd::None)
             .count() as u32;
-        let origin = state.origin;
         let translate_any = prop_oneof![
             0..CONTIGUOUS_END + PMD_SIZE,
             SLOT_VA[5]..SLOT_VA[5] + 2 * PMD_SIZE
@@ -1225,11 +1239,11 @@ impl ReferenceStateMachine for Reference {
             }),
             1 => range().prop_map(|(slot, first, pages)| Op::Munmap { slot, first, pages }),
             1 + 8 * missing_vmas => (0..REGIONS).prop_map(|slot| Op::Mmap { slot }),
+            1 + missing_spares => (REGIONS..SLOTS).prop_map(|slot| Op::Mmap { slot }),
             2 => (targeted(region_tables, (0..REGIONS).boxed()), REGIONS..SLOTS)
                 .prop_map(|(from, to)| Op::MovePmd { from, to }),
-            1 + 4 * occupied_spares => (REGIONS..SLOTS, 0..REGIONS).prop_map(move |(from, r)| {
-                Op::MovePmd { from, to: origin[from].unwrap_or(r) }
-            }),
+            1 + 4 * occupied_spares => (REGIONS..SLOTS, 0..REGIONS)
+                .prop_map(|(from, to)| Op::MovePmd { from, to }),
             3 => (targeted(pages, slot_page()), prop_oneof![1..=4u16, 1..=600u16])
                 .prop_map(|((slot, idx), n)| Op::GupFast { slot, idx, n }),
             1 => prop_oneof![translate_page, translate_any].prop_map(|va| Op::Translate { va }),
@@ -1237,15 +1251,10 @@ impl ReferenceStateMachine for Reference {
         .boxed()
     }
 
-    fn preconditions(state: &Model, op: &Op) -> bool {
-        match *op {
-            // A table moved out to a spare goes back where it came from (so that anonymous
-            // pages stay in anonymous regions); an empty spare makes any move back an error.
-            Op::MovePmd { from, to } if from >= REGIONS => {
-                state.slots[from] == Pmd::None || state.origin[from].is_none_or(|o| o == to)
-            }
-            _ => true,
-        }
+    fn preconditions(_state: &Model, _op: &Op) -> bool {
+        // Every operation is allowed in every state: a move between VMAs of different kinds,
+        // or outside any VMA, is an error the model predicts.
+        true
     }
 
     fn apply(mut state: Model, op: &Op) -> Model {
@@ -1549,7 +1558,7 @@ impl Sut {
         }
 
         // VMAs and counters.
-        for r in 0..REGIONS {
+        for r in 0..SLOTS {
             let got = mmu.find_vma(SLOT_VA[r]).map(|v| {
                 assert_eq!(
                     (v.start, v.end, v.kind),
@@ -1557,7 +1566,7 @@ impl Sut {
                 );
                 v.anon_vma
             });
-            assert_eq!(got, m.vmas[r], "{ctx}: VMA of region {r} (Some(anon_vma))");
+            assert_eq!(got, m.vmas[r], "{ctx}: VMA of slot {r} (Some(anon_vma))");
         }
         let s = mmu.stats();
         let got = Ctr {
@@ -1610,7 +1619,7 @@ impl Sut {
             assert_eq!(self.mmu.zero_pfn(), Ok(z));
             assert_eq!(self.mmu.free_frames(), m.frames - kept);
         }
-        for va in &SLOT_VA[..REGIONS] {
+        for va in &SLOT_VA {
             assert_eq!(self.mmu.find_vma(*va), None);
         }
         assert_eq!(self.mmu.audit().violations(), 0);
@@ -1820,6 +1829,7 @@ fn generator_reaches_every_outcome() {
         "mmap: Ok",
         "move_normal_pmd: Ok",
         "move_normal_pmd: AlreadyMapped",
+        "move_normal_pmd: NotInVma",
         "gup_fast: pins:2",
     ];
     let missing: Vec<_> = expected

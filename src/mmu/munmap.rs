@@ -69,16 +69,33 @@ impl Mmu {
     /// present table** (bug B6: it was read before the locks and may have been retracted),
     /// detach it under its PTE lock and populate the new slot with the same table. The table
     /// stays live: walkers of the old slot fail their recheck, walkers of the new one find it.
+    ///
     /// Only page tables move; VMAs are left where they are (this model has no mremap of VMAs).
+    /// In the kernel the destination is the moved VMA itself (`copy_vma` gives it the source's
+    /// `anon_vma` before `move_page_tables`), so here both 2 MiB ranges must lie inside VMAs of
+    /// the same kind, and the destination VMA gets the source's `anon_vma` before the table
+    /// appears under it. Without that, a table holding anonymous (COW) pages would land under
+    /// a file VMA with no `anon_vma`, and `retract_page_tables`, whose only guard against
+    /// anonymous pages is that flag (B4), would free them.
     ///
     /// # Errors
-    /// Misaligned addresses, [`Error::NotMapped`] if there is no table at `old` (any more),
+    /// Misaligned addresses, [`Error::NotInVma`] if a VMA of one kind does not cover both
+    /// ranges, [`Error::NotMapped`] if there is no table at `old` (any more),
     /// [`Error::AlreadyMapped`] if `new` is not empty, [`Error::OutOfFrames`] for the new
     /// upper levels.
     pub fn move_normal_pmd(&self, old: u64, new: u64) -> Result<(), Error> {
         self.check_va(old, PMD_SIZE)?;
         self.check_va(new, PMD_SIZE)?;
         let mm = self.mmap_write_lock();
+        // The VMAs cannot change under the mmap write lock.
+        let covering = |va: u64| {
+            self.vma_at(va)
+                .filter(|v| v.start <= va && va + PMD_SIZE <= v.end)
+        };
+        let old_vma = covering(old).ok_or(Error::NotInVma { addr: old })?;
+        let new_vma = covering(new)
+            .filter(|v| v.kind == old_vma.kind)
+            .ok_or(Error::NotInVma { addr: new })?;
         let Some(old_pmd) = mm.pmd_offset(old)? else {
             return Err(Error::NotMapped { addr: old });
         };
@@ -88,10 +105,11 @@ impl Mmu {
         let new_pmd = mm.pmd_alloc(new)?;
         // All the locks: VMA write locks of both ends (VMA-lock walkers and PT_RECLAIM are out),
         // then the rmap write lock (rmap walkers and retract are out).
-        let _old_vma = mm.vma_start_write(old);
-        let _new_vma = match self.vma_at(new) {
-            Some(v) if !v.contains(old) => mm.vma_start_write(new),
-            _ => None,
+        let _old_write = mm.vma_start_write(old);
+        let _new_write = if new_vma.contains(old) {
+            None
+        } else {
+            mm.vma_start_write(new)
         };
         let _rmap = self.i_mmap_lock_write();
         let old_pml = pmd_lock(&old_pmd);
@@ -109,6 +127,12 @@ impl Mmu {
         }
         let ptl = pte_offset_map_lock(&old_pmd, old).map_err(|_| Error::NotMapped { addr: old })?;
         let table = pmdp_collapse_flush(&old_pml, ptl).map_err(|r| r.error)?;
+        // The table may hold anonymous pages: its new VMA must say so before the table is
+        // reachable there (retract, excluded now by the rmap write lock, reads the flag under
+        // the PTE lock once it gets in).
+        if old_vma.anon_vma.load(Ordering::Acquire) {
+            self.anon_vma_prepare(&new_vma);
+        }
         if let Err(r) = table.pmd_populate_at(new_pml.as_ref().unwrap_or(&old_pml), &new_pmd) {
             // Cannot happen (checked under the locks); never lose the table: put it back.
             let e = r.error;
