@@ -282,7 +282,7 @@ impl World<'_> {
     fn locked_walk(&self, rng: &mut Rng) {
         let va = page(rng.below(self.o.regions), rng.below(PAGES));
         let write = |pmd: Option<
-            typed_pgtable::provenance::PmdRef<'_, Mmu, typed_pgtable::provenance::InTable>,
+            typed_pgtable::provenance::PmdRef<'_, '_, Mmu, typed_pgtable::provenance::InTable>,
         >| {
             let Some(pmd) = pmd else { return false };
             let Ok(pte) = pte_offset_map_lock(&pmd, va) else {
@@ -297,8 +297,8 @@ impl World<'_> {
                     } else {
                         old.mkyoung()
                     },
-                );
-                true
+                )
+                .is_ok()
             } else {
                 false
             }

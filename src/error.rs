@@ -67,9 +67,21 @@ pub enum Error {
     /// table was removed or replaced. Unlock and retry.
     #[error("the pmd changed since it was read (pmd_same failed)")]
     PmdChanged,
-    /// The pmd slot is not empty, so a table cannot be installed there.
+    /// The pmd slot is not empty, so a table cannot be installed there (or a table is already
+    /// deposited on it).
     #[error("the pmd slot is occupied")]
     SlotOccupied,
+    /// The lock given does not cover this pmd slot: a PMD lock of another PMD table, or a VMA
+    /// lock of another VMA.
+    #[error("the lock does not cover this pmd slot")]
+    SlotNotCovered,
+    /// A PTE may map only a data page in use (or the zero page, as a special entry): this
+    /// frame is free, a page table, or out of range.
+    #[error("frame {pfn:#x} is not a data page in use, so no PTE may map it")]
+    NotADataPage {
+        /// The frame.
+        pfn: u64,
+    },
     /// The pmd names no PTE table.
     #[error("no PTE table: {0}")]
     NoTable(#[from] NoMap),

@@ -57,6 +57,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod bound;
 pub mod error;
 #[cfg(feature = "std")]
 pub mod mmu;

@@ -58,7 +58,7 @@ fn other_mmu_table(m: &Mmu) -> Result<(), Error> {
     let mm = m.mmap_read_lock();
     let pmd = mm.pmd_offset(A + 3 * PMD_SIZE)?.unwrap();
     let pml = pmd_lock(&pmd);
-    match table.pmd_populate(&pml) {
+    match table.pmd_populate(&mm, &pml) {
         Ok(()) => Ok(()),
         Err(r) => {
             r.value.pte_free();

@@ -210,7 +210,7 @@ mod b1_gup_fast_vs_collapse {
         let map = pte_offset_map(&copy, VA).unwrap();
         let pte = map.pte();
         assert_eq!(pte.pfn(), Some(pfn));
-        assert!(mmu.try_get_page(pfn));
+        let pin = mmu.try_get_page(pfn).expect("the page is mapped");
 
         // THP collapse detaches the table now. It only defers its frees, so it runs on this
         // thread without waiting for our RCU section.
@@ -235,7 +235,7 @@ mod b1_gup_fast_vs_collapse {
         assert_eq!(mmu.page_refs(pfn), 1, "only the pin holds the page");
         // The crate's GUP-fast does not pin anything there.
         assert!(mmu.gup_fast(VA, 1).unwrap().is_empty());
-        mmu.put_page(pfn);
+        drop(pin);
         assert_eq!(mmu.frame_kind(pfn), Some(FrameKind::Free));
         // Not a use-after-free: a wrong result.
         assert_eq!(mmu.audit().violations(), 0);
@@ -266,7 +266,7 @@ mod b1_gup_fast_vs_collapse {
                 marks[p as usize].store(IDLE, SeqCst);
             }
             // The failure path: re-install the same table.
-            table.pmd_populate(&pml).map_err(|r| r.error).unwrap();
+            table.pmd_populate(&mm, &pml).map_err(|r| r.error).unwrap();
             return false;
         }
         for &p in pages {
@@ -283,7 +283,8 @@ mod b1_gup_fast_vs_collapse {
         mmu.rcu_barrier();
         for p in collapsed.drain(..) {
             marks[p as usize].store(IDLE, SeqCst);
-            mmu.put_page(p);
+            // SAFETY: the test gives up a reference that the injected entry no longer holds.
+            unsafe { mmu.put_page(p) };
         }
     }
 
@@ -780,7 +781,7 @@ mod b6_move_normal_pmd_vs_retract {
             // deferred free, not by us.
             let table = unsafe { DetachedPmd::<Mmu, Retired>::from_pmd(&mmu, stale) }.unwrap();
             table
-                .pmd_populate_at(&pml, &new_pmd)
+                .pmd_populate_at(&mm, &pml, &new_pmd)
                 .map_err(|r| r.error)
                 .unwrap();
         }
@@ -952,11 +953,13 @@ mod b7_split_invalidates_migration_entry {
         mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
         let head = mmu.map_huge(BASE).unwrap();
         // Migration replaces the huge pmd with a migration entry naming the page.
-        mmu.inject_pmd(BASE, migration_entry(head)).unwrap();
+        // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+        unsafe { mmu.inject_pmd(BASE, migration_entry(head)) }.unwrap();
         assert_eq!(mmu.translate(VA).unwrap(), None);
         // The split, before the fix, on arm64: pmdp_invalidate() of the migration entry leaves
         // it looking present.
-        mmu.inject_pmd(BASE, migration_entry(head) | PRESENT)
+        // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+        unsafe { mmu.inject_pmd(BASE, migration_entry(head) | PRESENT) }
             .unwrap();
         {
             let guard = mmu.rcu_read_lock();
@@ -988,7 +991,8 @@ mod b7_split_invalidates_migration_entry {
         let mmu = new_mmu(2048);
         mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
         let head = mmu.map_huge(BASE).unwrap();
-        mmu.inject_pmd(BASE, migration_entry(head)).unwrap();
+        // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+        unsafe { mmu.inject_pmd(BASE, migration_entry(head)) }.unwrap();
         assert_eq!(
             mmu.split_huge_pmd(VA).unwrap(),
             SplitOutcome::MigrationSplit
@@ -1034,7 +1038,9 @@ mod b7_split_invalidates_migration_entry {
                     // invalidation, withdraw, fill with migration PTEs, publish.
                     for _ in 0..16 {
                         mmu.map_huge_zero(BASE).unwrap();
-                        mmu.inject_pmd(BASE, migration_entry(migrating)).unwrap();
+                        // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+                        unsafe { mmu.inject_pmd(BASE, migration_entry(migrating.pfn())) }
+                            .unwrap();
                         assert_eq!(
                             mmu.split_huge_pmd(VA).unwrap(),
                             SplitOutcome::MigrationSplit
@@ -1116,7 +1122,8 @@ mod b9_ptlock_freed_before_grace_period {
             let old = ptl.ptep_get_and_clear(VA);
             let retired = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
             drop(pml);
-            mmu.put_page(old.pfn().unwrap());
+            // SAFETY: the test gives up a reference that the injected entry no longer holds.
+            unsafe { mmu.put_page(old.pfn().unwrap()) };
             let value = retired.pmd_val();
             std::mem::forget(retired);
             // SAFETY: deliberately broken (the bug): a nolock user still has the table mapped
@@ -1273,13 +1280,15 @@ mod b10_recheck_pmd_state {
         let mut forged = unsafe { DetachedPmd::<Mmu, Retired>::from_pmd(&mmu, snapshot) }.unwrap();
         forged
             .pte_offset_map_mut(VA)
-            .set_pte(VA, Pte::anon_page(page));
+            .set_pte(VA, Pte::anon_page(page.pfn()))
+            .unwrap();
         std::mem::forget(forged);
         drop(rejected);
         drop(vma);
         assert_eq!(mmu.translate(VA).unwrap(), None, "the write is lost");
         mmu.rcu_barrier();
-        assert_eq!(mmu.page_refs(page), 1, "the page is mapped nowhere");
+        // Our reference and the lost entry's: the page is mapped nowhere, and leaks.
+        assert_eq!(mmu.page_refs(page.pfn()), 2, "the page is mapped nowhere");
         assert_eq!(mmu.audit().violations(), 0);
         // The slot is empty; a new walk finds no table rather than the stale one.
         let mm = mmu.mmap_read_lock();
@@ -1331,10 +1340,10 @@ mod b10_recheck_pmd_state {
                                     continue;
                                 }
                                 let page = mmu.alloc_data_frame().unwrap();
-                                ptl.set_pte(va, Pte::anon_page(page));
+                                ptl.set_pte(va, Pte::anon_page(page.pfn())).unwrap();
                                 // Attached: while this lock is held the table is installed,
                                 // so the write is visible to any walker.
-                                if mmu.translate(va).unwrap() != Some(page << 12) {
+                                if mmu.translate(va).unwrap() != Some(page.pfn() << 12) {
                                     lost.fetch_add(1, SeqCst);
                                 }
                                 writes.fetch_add(1, SeqCst);
@@ -1437,7 +1446,8 @@ mod b11_collapse_vs_pt_reclaim {
         assert!(mmu.check_tables().is_empty());
 
         // What the C failure path published: a table entry for page 0.
-        mmu.inject_pmd(BASE, table_entry(0)).unwrap();
+        // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+        unsafe { mmu.inject_pmd(BASE, table_entry(0)) }.unwrap();
         {
             let mm = mmu.mmap_read_lock();
             let pmd = mm.pmd_offset(BASE).unwrap().unwrap();

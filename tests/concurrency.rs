@@ -174,7 +174,7 @@ fn gup_walker(mmu: &Mmu, vas: &[u64], c: &Counts, stop: &AtomicBool, mut rng: Rn
 }
 
 /// `pte_offset_map_lock`, read, age a present PTE: allowed only because the lock is `Attached`.
-fn locked_step(pmd: Option<PmdRef<'_, Mmu, InTable>>, va: u64, c: &Counts) -> bool {
+fn locked_step(pmd: Option<PmdRef<'_, '_, Mmu, InTable>>, va: u64, c: &Counts) -> bool {
     let Some(pmd) = pmd else {
         return false;
     };
@@ -187,7 +187,7 @@ fn locked_step(pmd: Option<PmdRef<'_, Mmu, InTable>>, va: u64, c: &Counts) -> bo
         "a poisoned PTE under the PTE lock at {va:#x}"
     );
     if old.is_present() {
-        pte.set_pte(va, old.mkold());
+        pte.set_pte(va, old.mkold()).expect("a present PTE maps a data page");
         c.writes.fetch_add(1, Relaxed);
     }
     true
@@ -630,8 +630,10 @@ fn split_vs_walkers() {
                             // The page is being migrated: the pmd becomes a migration entry
                             // and the mapping's reference goes with it.
                             let head = map_huge_now(&mmu, r, false);
-                            mmu.inject_pmd(r, migration_entry(0x1000 + round)).unwrap();
-                            mmu.put_page(head);
+                            // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+                            unsafe { mmu.inject_pmd(r, migration_entry(0x1000 + round)) }.unwrap();
+                            // SAFETY: the test gives up a reference that the injected entry no longer holds.
+                            unsafe { mmu.put_page(head) };
                             SplitOutcome::MigrationSplit
                         }
                     };

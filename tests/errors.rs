@@ -627,7 +627,7 @@ fn wrong_mmu_pmd_populate() {
         let pmd_b = mm_b.pmd_offset(PMD_SIZE).unwrap().unwrap();
         assert_eq!(pmd_b.pmd_val().kind(), PmdKind::None);
         let pml_b = pmd_lock(&pmd_b);
-        table.pmd_populate(&pml_b).unwrap_err()
+        table.pmd_populate(&mm_b, &pml_b).unwrap_err()
     };
     assert_eq!(rejected.error, Error::WrongMmu);
     assert_eq!(a.dump(), da);
@@ -694,13 +694,13 @@ fn slot_occupied_pmd_populate() {
         // A PTE table occupies the slot of region 0.
         let pmd = mm.pmd_offset(0x1000).unwrap().unwrap();
         let pml = pmd_lock(&pmd);
-        let rejected = table.pmd_populate(&pml).unwrap_err();
+        let rejected = table.pmd_populate(&mm, &pml).unwrap_err();
         assert_eq!(rejected.error, Error::SlotOccupied);
         drop(pml);
         // A huge page occupies the slot of region 2.
         let pmd = mm.pmd_offset(2 * PMD_SIZE).unwrap().unwrap();
         let pml = pmd_lock(&pmd);
-        let rejected = rejected.value.pmd_populate(&pml).unwrap_err();
+        let rejected = rejected.value.pmd_populate(&mm, &pml).unwrap_err();
         assert_eq!(rejected.error, Error::SlotOccupied);
         rejected
     };

@@ -10,8 +10,8 @@ use std::boxed::Box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use typed_pgtable::provenance::{
-    DetachedPmd, InTable, MapKind, PgtableBackend, PmdRef, pmd_lock, pmdp_collapse_flush,
-    pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
+    DetachedPmd, InTable, InstallLock, MapKind, PgtableBackend, PmdRef, pmd_lock,
+    pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
 };
 use typed_pgtable::rcu::{EpochRcu, RcuDomain};
 use typed_pgtable::{Error, NoMap};
@@ -51,7 +51,7 @@ impl Toy {
     }
 
     /// The toy's walk: its one PMD table never goes away, so any `&self` borrow is a walk lock.
-    fn pmd(&self, i: usize) -> PmdRef<'_, Toy, InTable> {
+    fn pmd(&self, i: usize) -> PmdRef<'_, '_, Toy, InTable> {
         // SAFETY: the slot lies in the toy's only PMD table, which lives as long as `self`.
         unsafe { PmdRef::from_slot(self, &self.slots[i]) }
     }
@@ -61,6 +61,19 @@ impl Toy {
             .iter()
             .filter(|t| t.in_use.load(Ordering::Acquire))
             .count()
+    }
+}
+
+/// The toy's fault-path lock: installing is allowed under it (it has no removers that work by
+/// exclusivity).
+struct ToyMm<'t>(&'t Toy);
+
+// SAFETY: the toy has no `ExclusiveAccess` remover, and the check refuses another toy's slots.
+unsafe impl InstallLock<Toy> for ToyMm<'_> {
+    fn allows_install(&self, backend: &Toy, slot: &Slot) -> Result<(), Error> {
+        let ours = std::ptr::eq(self.0, backend)
+            && backend.slots.iter().any(|s| std::ptr::eq(s, slot));
+        if ours { Ok(()) } else { Err(Error::WrongMmu) }
     }
 }
 
@@ -115,8 +128,9 @@ unsafe impl PgtableBackend for Toy {
     unsafe fn ptep_get(&self, t: &usize, i: usize, _: MapKind) -> u64 {
         self.tables[*t].ptes[i].load(Ordering::Acquire)
     }
-    unsafe fn set_pte(&self, t: &usize, i: usize, pte: u64, _: MapKind) {
-        self.tables[*t].ptes[i].store(pte, Ordering::Release)
+    unsafe fn set_pte(&self, t: &usize, i: usize, pte: u64, _: MapKind) -> Result<(), Error> {
+        self.tables[*t].ptes[i].store(pte, Ordering::Release);
+        Ok(())
     }
     unsafe fn ptep_get_and_clear(&self, t: &usize, i: usize, _: MapKind) -> u64 {
         self.tables[*t].ptes[i].swap(0, Ordering::AcqRel)
@@ -127,15 +141,15 @@ unsafe impl PgtableBackend for Toy {
     unsafe fn pte_unlock(&self, t: &usize) {
         self.tables[*t].lock.store(false, Ordering::Release)
     }
-    fn pmd_lock(&self, _: &Slot) {
+    unsafe fn pmd_lock(&self, _: &Slot) {
         spin(&self.pml)
     }
-    fn pmd_trylock(&self, _: &Slot) -> bool {
+    unsafe fn pmd_trylock(&self, _: &Slot) -> bool {
         self.pml
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
     }
-    fn same_pmd_lock(&self, _: &Slot, _: &Slot) -> bool {
+    unsafe fn same_pmd_lock(&self, _: &Slot, _: &Slot) -> bool {
         true
     }
     unsafe fn pmd_unlock(&self, _: &Slot) {
@@ -147,8 +161,9 @@ unsafe impl PgtableBackend for Toy {
     unsafe fn pmdp_collapse_flush(&self, slot: &Slot) -> u64 {
         slot.0.swap(0, Ordering::AcqRel)
     }
-    unsafe fn pgtable_trans_huge_deposit(&self, _: &Slot, t: &usize) {
-        self.deposit.lock().unwrap().push(*t)
+    unsafe fn pgtable_trans_huge_deposit(&self, _: &Slot, t: &usize) -> bool {
+        self.deposit.lock().unwrap().push(*t);
+        true
     }
     unsafe fn pgtable_trans_huge_withdraw(&self, _: &Slot) -> Option<usize> {
         self.deposit.lock().unwrap().pop()
@@ -185,11 +200,17 @@ fn the_whole_life_of_a_table_on_a_foreign_backend() {
     let toy = Toy::new();
     // Fill a fresh table through an owned map, then publish it under the PMD lock.
     let mut table = DetachedPmd::pte_alloc_one(&toy).unwrap();
-    table.pte_offset_map_mut(0x3000).set_pte(0x3000, 0xabc);
+    table
+        .pte_offset_map_mut(0x3000)
+        .set_pte(0x3000, 0xabc)
+        .unwrap();
     let pmd = toy.pmd(1);
     {
         let pml = pmd_lock(&pmd);
-        table.pmd_populate(&pml).map_err(|r| r.error).unwrap();
+        table
+            .pmd_populate(&ToyMm(&toy), &pml)
+            .map_err(|r| r.error)
+            .unwrap();
     }
     assert_eq!(toy.tables_in_use(), 1);
 
@@ -197,7 +218,7 @@ fn the_whole_life_of_a_table_on_a_foreign_backend() {
     {
         let pte = pte_offset_map_lock(&pmd, 0x3000).unwrap();
         assert_eq!(pte.pte(), 0xabc);
-        pte.set_pte(0x4000, 0xdef);
+        pte.set_pte(0x4000, 0xdef).unwrap();
     }
 
     // Case 2: a copy under a read section sees the table; a remover detaches it meanwhile,

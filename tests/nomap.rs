@@ -42,7 +42,8 @@ fn with_pmd(raw: u64) -> Mmu {
     let mmu = mmu();
     // Create the upper levels with a page elsewhere in the same 1 GiB, then place `raw`.
     mmu.map_page(VA + 0x20_0000).unwrap();
-    mmu.inject_pmd(VA, raw).unwrap();
+    // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+    unsafe { mmu.inject_pmd(VA, raw) }.unwrap();
     mmu
 }
 
@@ -115,5 +116,6 @@ fn table_maps() {
 #[test]
 fn inject_needs_upper_levels() {
     let mmu = mmu();
-    assert_eq!(mmu.inject_pmd(VA, 0), Err(Error::NotMapped { addr: VA }));
+    // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+    assert_eq!(unsafe { mmu.inject_pmd(VA, 0) }, Err(Error::NotMapped { addr: VA }));
 }

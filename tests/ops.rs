@@ -210,12 +210,14 @@ fn map_page_errors_leave_the_mmu_unchanged() {
     );
     // A migration or non-present pmd is "huge in the way" too.
     mmu.map_huge(region(3)).unwrap();
-    let old = mmu.inject_pmd(region(3), migration_entry(9)).unwrap();
+    // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+    let old = unsafe { mmu.inject_pmd(region(3), migration_entry(9)) }.unwrap();
     assert_eq!(
         unchanged(&mmu, |m| m.map_page(region(3))),
         Err(Error::HugeInTheWay { addr: region(3) })
     );
-    mmu.inject_pmd(region(3), old).unwrap();
+    // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+    unsafe { mmu.inject_pmd(region(3), old) }.unwrap();
     finish(&mmu);
 }
 
@@ -230,7 +232,7 @@ fn map_page_out_of_frames_changes_nothing() {
     let err = unchanged(&mmu, |m| m.map_page(0x1000)).unwrap_err();
     assert_eq!(err, Error::OutOfFrames { needed: 4, free: 3 });
     // With the upper levels present, a table and a page are needed.
-    mmu.put_page(held.pop().unwrap());
+    drop(held.pop());
     mmu.rcu_barrier();
     mmu.map_page(0x1000).unwrap();
     assert_eq!(mmu.free_frames(), 0);
@@ -242,9 +244,7 @@ fn map_page_out_of_frames_changes_nothing() {
         unchanged(&mmu, |m| m.map_page(region(1))),
         Err(Error::OutOfFrames { needed: 2, free: 0 })
     );
-    for pfn in held {
-        mmu.put_page(pfn);
-    }
+    drop(held);
     finish(&mmu);
 }
 
@@ -345,9 +345,7 @@ fn pte_alloc_out_of_frames_changes_nothing() {
     });
     // Both tables are reserved before anything changes.
     assert_eq!(err, Err(Error::OutOfFrames { needed: 2, free: 1 }));
-    for pfn in held {
-        mmu.put_page(pfn);
-    }
+    drop(held);
     finish(&mmu);
 }
 
@@ -429,7 +427,8 @@ fn retry_round(mmu: &Mmu, va: u64, new: u64) -> (u64, Pte, u64) {
         started_rx.recv().unwrap();
         std::thread::sleep(Duration::from_millis(20));
         // The waiter has mapped the old value and spins on the old table's lock.
-        mmu.inject_pmd(va, new).unwrap();
+        // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+        unsafe { mmu.inject_pmd(va, new) }.unwrap();
         release_tx.send(()).unwrap();
         waiter.join().unwrap()
     })
@@ -458,7 +457,8 @@ fn pte_offset_map_lock_retries_when_the_pmd_changes_under_it() {
         for _ in 0..5 {
             let (raw, pte, checks) = retry_round(&mmu, va, new);
             // Put the original table back (the swapped-in one is region 2's).
-            mmu.inject_pmd(va, original).unwrap();
+            // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+            unsafe { mmu.inject_pmd(va, original) }.unwrap();
             assert_eq!(raw, new, "the lock is for the current pmd value");
             assert_eq!(pte, expect, "and reads the current table");
             assert!(checks == 2 || checks == 4, "{checks} audit checks");
@@ -587,9 +587,7 @@ fn cow_fault_out_of_frames() {
         unchanged(&mmu, |m| m.cow_fault(0x2000)),
         Err(Error::OutOfFrames { needed: 1, free: 0 })
     );
-    for pfn in held {
-        mmu.put_page(pfn);
-    }
+    drop(held);
     finish(&mmu);
 }
 
@@ -764,9 +762,11 @@ fn split_of_a_migration_entry() {
     let deposit = deposits_at(&mmu, region(1));
     // The page is being migrated: the pmd becomes a migration entry (the page's reference
     // moves to the migration, here: dropped by hand).
-    let old = mmu.inject_pmd(region(1), migration_entry(0x777)).unwrap();
+    // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+    let old = unsafe { mmu.inject_pmd(region(1), migration_entry(0x777)) }.unwrap();
     assert_eq!(old & ADDR_MASK, head << 12);
-    mmu.put_page(head);
+    // SAFETY: the test gives up a reference that the injected entry no longer holds.
+    unsafe { mmu.put_page(head) };
     mmu.rcu_barrier();
     assert_eq!(
         mmu.split_huge_pmd(region(1)),
@@ -791,7 +791,8 @@ fn split_out_of_frames_is_an_error() {
     // The zero page came with the huge zero page: a zero split never allocates it.
     assert!(mmu.zero_page().is_some());
     // A huge pmd with no deposited table (placed by hand): its split must allocate a table.
-    mmu.inject_pmd(region(2), huge_entry(hz)).unwrap();
+    // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+    unsafe { mmu.inject_pmd(region(2), huge_entry(hz)) }.unwrap();
     let mut held = Vec::new();
     while let Ok(pfn) = mmu.alloc_data_frame() {
         held.push(pfn);
@@ -801,10 +802,9 @@ fn split_out_of_frames_is_an_error() {
     assert_eq!(out, Err(Error::OutOfFrames { needed: 1, free: 0 }));
     // The deposited one splits without allocating anything.
     assert_eq!(mmu.split_huge_pmd(region(1)), Ok(SplitOutcome::ZeroSplit));
-    for pfn in held {
-        mmu.put_page(pfn);
-    }
-    mmu.inject_pmd(region(2), 0).unwrap();
+    drop(held);
+    // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+    unsafe { mmu.inject_pmd(region(2), 0) }.unwrap();
     finish(&mmu);
 }
 
@@ -814,8 +814,10 @@ fn munmap_zaps_a_huge_migration_entry() {
     mmu.mmap(region(1), PMD_SIZE, VmaKind::Anon).unwrap();
     let free = mmu.free_frames();
     let head = mmu.map_huge(region(1)).unwrap();
-    mmu.inject_pmd(region(1), migration_entry(0x42)).unwrap();
-    mmu.put_page(head);
+    // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+    unsafe { mmu.inject_pmd(region(1), migration_entry(0x42)) }.unwrap();
+    // SAFETY: the test gives up a reference that the injected entry no longer holds.
+    unsafe { mmu.put_page(head) };
     assert_eq!(mmu.munmap(region(1), PMD_SIZE), Ok(0));
     mmu.rcu_barrier();
     assert_eq!(pmd_kind(&mmu, region(1)), Some(PmdKind::None));
@@ -911,13 +913,15 @@ fn page_table_check_counts_a_detached_table() {
     let mut t = DetachedPmd::pte_alloc_one(&mmu).unwrap();
     {
         let map = t.pte_offset_map_mut(0);
-        map.set_pte_index(0, Pte::page(a));
-        map.set_pte_index(1, Pte::anon_page(b));
-        map.set_pte_index(2, Pte::from_raw(POISON));
-        map.set_pte_index(3, Pte::special(zero));
-        map.set_pte_index(4, Pte::migration(5));
-        map.set_pte_index(511, Pte::anon_page(a));
+        map.set_pte_index(0, Pte::page(a.pfn())).unwrap();
+        map.set_pte_index(1, Pte::anon_page(b.pfn())).unwrap();
+        map.set_pte_index(2, Pte::from_raw(POISON)).unwrap();
+        map.set_pte_index(3, Pte::special(zero)).unwrap();
+        map.set_pte_index(4, Pte::migration(5)).unwrap();
+        map.set_pte_index(511, Pte::anon_page(a.pfn())).unwrap();
     }
+    // Each present entry holds a reference of its own.
+    assert_eq!((mmu.page_refs(a.pfn()), mmu.page_refs(b.pfn())), (3, 2));
     let r = page_table_check_pte_clear_range(&mmu, 0, &t.pmd());
     assert_eq!(
         r,
@@ -934,9 +938,17 @@ fn page_table_check_counts_a_detached_table() {
         PtcReport::default()
     );
     e.pte_free();
+    {
+        // Clearing drops the entries' references after a grace period.
+        let map = t.pte_offset_map_mut(0);
+        for i in 0..512 {
+            map.ptep_get_and_clear(i * PAGE_SIZE);
+        }
+    }
     t.pte_free();
-    mmu.put_page(a);
-    mmu.put_page(b);
+    mmu.rcu_barrier();
+    assert_eq!((mmu.page_refs(a.pfn()), mmu.page_refs(b.pfn())), (1, 1));
+    drop((a, b));
     finish(&mmu);
 }
 
@@ -1157,9 +1169,10 @@ fn collapse_pte_mapped_thp_aborts() {
         let mm = mmu.mmap_read_lock();
         let pmd = mm.pmd_offset(region(6)).unwrap().unwrap();
         let ptl = pte_offset_map_lock(&pmd, region(6)).unwrap();
-        let old = ptl.ptep_get_and_clear(region(6) + 9 * PAGE_SIZE);
-        ptl.set_pte(region(6) + 9 * PAGE_SIZE, Pte::migration(1));
-        mmu.put_page(old.pfn().unwrap());
+        // The clear drops the page's reference (after a grace period).
+        ptl.ptep_get_and_clear(region(6) + 9 * PAGE_SIZE);
+        ptl.set_pte(region(6) + 9 * PAGE_SIZE, Pte::migration(1))
+            .unwrap();
     }
     assert_eq!(
         unchanged(&mmu, |m| m.collapse_pte_mapped_thp(region(6))),
@@ -2284,14 +2297,17 @@ fn check_tables_reports_inconsistencies() {
     // A pmd that names a data frame, and a malformed one.
     let data = mmu.alloc_data_frame().unwrap();
     mmu.map_page(region(2)).unwrap();
-    let old = mmu.inject_pmd(region(2), table_entry(data)).unwrap();
+    // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+    let old = unsafe { mmu.inject_pmd(region(2), table_entry(data.pfn())) }.unwrap();
     let problems = mmu.check_tables();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("Data"), "{problems:?}");
-    mmu.inject_pmd(region(2), POISON).unwrap();
+    // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+    unsafe { mmu.inject_pmd(region(2), POISON) }.unwrap();
     assert!(mmu.check_tables()[0].contains("malformed"));
-    mmu.inject_pmd(region(2), old).unwrap();
+    // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
+    unsafe { mmu.inject_pmd(region(2), old) }.unwrap();
     assert!(mmu.check_tables().is_empty());
-    mmu.put_page(data);
+    drop(data);
     finish(&mmu);
 }

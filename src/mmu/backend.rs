@@ -25,11 +25,40 @@ impl Mmu {
         }
     }
 
-    fn slot_frame(&self, slot: &PmdSlot) -> u64 {
+    /// The frame of one of this MMU's slots.
+    ///
+    /// # Safety
+    /// `slot` is one of this MMU's (the contract of the backend methods that call this).
+    unsafe fn slot_frame(&self, slot: &PmdSlot) -> u64 {
         match self.frames.locate(slot) {
             Some((pfn, _)) => pfn,
-            // Slots reach the backend only through `PmdRef`s of this MMU (checked or unsafe).
+            // Excluded by the caller's contract: slots reach these methods only through
+            // `PmdRef`s of this MMU, whose invariant says so.
             None => unreachable!("a pmd slot outside this MMU's memory"),
+        }
+    }
+
+    /// The page whose reference a PTE holds (`None` for non-present and special entries), or
+    /// why no PTE may hold this value: a present entry must map a data page in use, a special
+    /// one the zero page.
+    fn pte_page(&self, pte: Pte) -> Result<Option<u64>, Error> {
+        let Some(pfn) = pte.pfn() else {
+            return Ok(None);
+        };
+        if pte.is_special() {
+            return match self.zero_page() {
+                Some(zero) if zero == pfn => Ok(None),
+                _ => Err(Error::NotADataPage { pfn }),
+            };
+        }
+        Ok(Some(pfn))
+    }
+
+    /// Drops the reference an entry that was just overwritten or cleared held, after a grace
+    /// period (lockless walkers may still use the translation they read).
+    fn drop_pte_page(&self, old: Pte) {
+        if let Some(pfn) = old.pfn().filter(|_| !old.is_special()) {
+            self.put_pages_deferred(std::vec![pfn]);
         }
     }
 
@@ -123,12 +152,29 @@ unsafe impl PgtableBackend for Mmu {
         Pte::from_raw(v)
     }
 
-    unsafe fn set_pte(&self, table: &TableRef, index: usize, pte: Pte, kind: MapKind) {
-        self.frames
-            .cell(table.pfn, index)
-            .0
-            .store(pte.raw(), Ordering::Release);
+    unsafe fn set_pte(
+        &self,
+        table: &TableRef,
+        index: usize,
+        pte: Pte,
+        kind: MapKind,
+    ) -> Result<(), Error> {
+        // A present entry holds a reference to its page: take it before the entry is visible.
+        let new_page = self.pte_page(pte)?;
+        if let Some(pfn) = new_page {
+            if !self.frames.try_get(pfn) {
+                return Err(Error::NotADataPage { pfn });
+            }
+        }
+        let old = Pte::from_raw(
+            self.frames
+                .cell(table.pfn, index)
+                .0
+                .swap(pte.raw(), Ordering::AcqRel),
+        );
         self.check(table, kind, "write");
+        self.drop_pte_page(old);
+        Ok(())
     }
 
     unsafe fn ptep_get_and_clear(&self, table: &TableRef, index: usize, kind: MapKind) -> Pte {
@@ -138,7 +184,9 @@ unsafe impl PgtableBackend for Mmu {
             .0
             .swap(0, Ordering::AcqRel);
         self.check(table, kind, "write");
-        Pte::from_raw(v)
+        let old = Pte::from_raw(v);
+        self.drop_pte_page(old);
+        old
     }
 
     unsafe fn pte_lock(&self, table: &TableRef) {
@@ -152,20 +200,27 @@ unsafe impl PgtableBackend for Mmu {
         self.frames.desc(table.pfn).lock.unlock();
     }
 
-    fn pmd_lock(&self, slot: &PmdSlot) {
-        self.frames.desc(self.slot_frame(slot)).lock.lock();
+    unsafe fn pmd_lock(&self, slot: &PmdSlot) {
+        // SAFETY: the caller passes one of our slots (trait contract).
+        let pfn = unsafe { self.slot_frame(slot) };
+        self.frames.desc(pfn).lock.lock();
     }
 
-    fn pmd_trylock(&self, slot: &PmdSlot) -> bool {
-        self.frames.desc(self.slot_frame(slot)).lock.try_lock()
+    unsafe fn pmd_trylock(&self, slot: &PmdSlot) -> bool {
+        // SAFETY: as in `pmd_lock`.
+        let pfn = unsafe { self.slot_frame(slot) };
+        self.frames.desc(pfn).lock.try_lock()
     }
 
-    fn same_pmd_lock(&self, a: &PmdSlot, b: &PmdSlot) -> bool {
-        self.slot_frame(a) == self.slot_frame(b)
+    unsafe fn same_pmd_lock(&self, a: &PmdSlot, b: &PmdSlot) -> bool {
+        // SAFETY: both are our slots (trait contract).
+        unsafe { self.slot_frame(a) == self.slot_frame(b) }
     }
 
     unsafe fn pmd_unlock(&self, slot: &PmdSlot) {
-        self.frames.desc(self.slot_frame(slot)).lock.unlock();
+        // SAFETY: the caller holds the lock of one of our slots.
+        let pfn = unsafe { self.slot_frame(slot) };
+        self.frames.desc(pfn).lock.unlock();
     }
 
     unsafe fn pmd_populate(&self, slot: &PmdSlot, table: &TableRef) {
@@ -185,10 +240,16 @@ unsafe impl PgtableBackend for Mmu {
         self.snapshot(old)
     }
 
-    unsafe fn pgtable_trans_huge_deposit(&self, slot: &PmdSlot, table: &TableRef) {
-        if let Some((pfn, index)) = self.frames.locate(slot) {
-            self.frames.deposits(pfn).push((index as u16, table.pfn));
+    unsafe fn pgtable_trans_huge_deposit(&self, slot: &PmdSlot, table: &TableRef) -> bool {
+        let Some((pfn, index)) = self.frames.locate(slot) else {
+            return false;
+        };
+        let mut dep = self.frames.deposits(pfn);
+        if dep.iter().any(|&(i, _)| usize::from(i) == index) {
+            return false;
         }
+        dep.push((index as u16, table.pfn));
+        true
     }
 
     unsafe fn pgtable_trans_huge_withdraw(&self, slot: &PmdSlot) -> Option<TableRef> {
@@ -226,15 +287,22 @@ unsafe impl PgtableBackend for Mmu {
     }
 }
 
-static_assertions::assert_eq_size!(PmdRef<'static, Mmu, InTable>, [usize; 2]);
-static_assertions::assert_eq_size!(PmdRef<'static, Mmu, CopiedUnderRcu<'static>>, [u64; 4]);
-static_assertions::assert_eq_size!(PmdRef<'static, Mmu, Detached>, [u64; 3]);
+static_assertions::assert_eq_size!(PmdRef<'static, 'static, Mmu, InTable>, [usize; 2]);
+static_assertions::assert_eq_size!(
+    PmdRef<'static, 'static, Mmu, CopiedUnderRcu<'static>>,
+    [u64; 4]
+);
+static_assertions::assert_eq_size!(PmdRef<'static, 'static, Mmu, Detached>, [u64; 3]);
 static_assertions::assert_eq_size!(PmdVal, [u64; 2]);
-static_assertions::assert_eq_size!(PmdRef<'static, Mmu, Unprotected>, [u64; 3]);
+static_assertions::assert_eq_size!(PmdRef<'static, 'static, Mmu, Unprotected>, [u64; 3]);
 static_assertions::assert_not_impl_any!(crate::rcu::RcuGuard<'static, EpochRcu>: Send, Sync);
 static_assertions::assert_not_impl_any!(crate::provenance::PteMap<'static, Mmu>: Send, Sync);
 static_assertions::assert_not_impl_any!(
     crate::provenance::PteLocked<'static, Mmu, crate::provenance::Attached>: Send, Sync
 );
-static_assertions::assert_not_impl_any!(crate::provenance::PmdLockGuard<'static, Mmu>: Send);
-static_assertions::assert_not_impl_any!(PmdRef<'static, Mmu, CopiedUnderRcu<'static>>: Send);
+static_assertions::assert_not_impl_any!(
+    crate::provenance::PmdLockGuard<'static, 'static, Mmu>: Send, Sync
+);
+static_assertions::assert_not_impl_any!(
+    PmdRef<'static, 'static, Mmu, CopiedUnderRcu<'static>>: Send, Sync
+);

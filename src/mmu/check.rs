@@ -28,7 +28,7 @@ pub struct PtcReport {
 pub fn page_table_check_pte_clear_range(
     _mmu: &Mmu,
     addr: u64,
-    pmd: &PmdRef<'_, Mmu, Detached>,
+    pmd: &PmdRef<'_, '_, Mmu, Detached>,
 ) -> PtcReport {
     let mut r = PtcReport::default();
     let Ok(map) = pte_offset_map(pmd, addr) else {

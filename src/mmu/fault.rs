@@ -7,8 +7,10 @@ use super::stability::MmapReadGuard;
 use super::vma::VmaKind;
 use super::{Mmu, PAGE_SIZE};
 use crate::error::{Error, NoMap};
+use super::gup::PageRef;
 use crate::provenance::{
-    DetachedPmd, Fresh, InTable, PmdRef, pmd_lock, pte_offset_map, pte_offset_map_lock,
+    DetachedPmd, Fresh, InTable, InstallLock, PmdRef, pmd_lock, pte_offset_map,
+    pte_offset_map_lock,
 };
 use crate::rcu::RcuDomain;
 use std::boxed::Box;
@@ -63,15 +65,16 @@ impl Mmu {
     /// slot is still none; otherwise the loser frees its table at once, since it was never
     /// published. Returns whether this call installed it.
     ///
-    /// The caller holds a lock that allows installing (the mmap or a VMA lock); the public entry
+    /// `mm` is the lock that allows installing (the mmap or a VMA lock); the public entry
     /// point is [`MmapReadGuard::pmd_install`].
     pub(crate) fn pmd_install(
         &self,
-        pmd: &PmdRef<'_, Mmu, InTable>,
+        mm: &impl InstallLock<Mmu>,
+        pmd: &PmdRef<'_, '_, Mmu, InTable>,
         table: DetachedPmd<'_, Mmu, Fresh>,
     ) -> bool {
         let pml = pmd_lock(pmd);
-        match table.pmd_populate(&pml) {
+        match table.pmd_populate(mm, &pml) {
             Ok(()) => true,
             Err(rejected) => {
                 drop(pml);
@@ -84,12 +87,13 @@ impl Mmu {
     /// `__pte_alloc`: if the slot is none, allocate a zeroed table and install it.
     pub(crate) fn pte_alloc_from(
         &self,
-        pmd: &PmdRef<'_, Mmu, InTable>,
+        mm: &impl InstallLock<Mmu>,
+        pmd: &PmdRef<'_, '_, Mmu, InTable>,
         reserve: &mut Vec<u64>,
     ) -> Result<(), Error> {
         if pmd.pmd_val().kind() == PmdKind::None {
             let table = self.fresh_table(reserve)?;
-            self.pmd_install(pmd, table);
+            self.pmd_install(mm, pmd, table);
         }
         Ok(())
     }
@@ -239,11 +243,13 @@ impl Mmu {
                     if !pte.ptep_get(va).is_none() {
                         return Err(Error::AlreadyMapped { addr: va });
                     }
-                    pte.set_pte(va, new);
+                    pte.set_pte(va, new)?;
+                    // The entry holds its own reference now; drop the allocation's.
+                    self.frames.put(new.pfn().unwrap_or_default());
                     return Ok(());
                 }
                 // No table, or it was retracted or reclaimed since: allocate one and retry.
-                Err(NoMap::None) => self.pte_alloc_from(&pmd, reserve)?,
+                Err(NoMap::None) => self.pte_alloc_from(mm, &pmd, reserve)?,
                 Err(_) => return Err(Error::HugeInTheWay { addr: va }),
             }
         }
@@ -291,27 +297,36 @@ impl Mmu {
             }
         };
         let old = pte.ptep_get(va);
-        let Some(old_pfn) = old.pfn().filter(|_| !old.is_anon()) else {
+        if old.pfn().is_none() || old.is_anon() {
             drop(pte);
             self.frames.put(new);
             return Err(Error::NotMapped { addr: va });
-        };
-        pte.set_pte(va, Pte::anon_page(new));
-        drop(pte);
-        if !old.is_special() {
-            self.put_pages_deferred(std::vec![old_pfn]);
         }
-        Ok(new)
+        // The entry takes a reference to the new page and drops the old one's after a grace
+        // period; then the allocation's reference goes.
+        let written = pte.set_pte(va, Pte::anon_page(new));
+        drop(pte);
+        self.frames.put(new);
+        written.map(|()| new)
     }
 
     /// Takes a reference to the data page `pfn` unless it has none left (`folio_try_get`), as
-    /// GUP-fast does before it rechecks the entries it read. Pair with [`Mmu::put_page`].
-    pub fn try_get_page(&self, pfn: u64) -> bool {
-        self.frames.try_get(pfn)
+    /// GUP-fast does before it rechecks the entries it read. `None` for anything but a data
+    /// page in use (a free frame, a page table, a frame out of range). Dropping the reference
+    /// puts it (`folio_put`).
+    pub fn try_get_page(&self, pfn: u64) -> Option<PageRef<'_>> {
+        self.frames.try_get(pfn).then(|| PageRef::new(self, pfn))
     }
 
-    /// Drops a reference taken with [`Mmu::try_get_page`].
-    pub fn put_page(&self, pfn: u64) {
+    /// Fault injection: drops one reference to the data page `pfn` that no [`PageRef`] holds
+    /// (the reference of a mapping replaced with [`Mmu::inject_pmd`]). Returns `false`, and
+    /// changes nothing, for a frame that is not a data page with references: a put never
+    /// frees a page table.
+    ///
+    /// # Safety
+    /// The caller gives up a reference it accounts for itself; a put of a reference that a
+    /// mapping or a `PageRef` still holds frees a page that is still in use.
+    pub unsafe fn put_page(&self, pfn: u64) -> bool {
         self.frames.put(pfn)
     }
 
@@ -331,7 +346,7 @@ impl<'m> MmapReadGuard<'m> {
     ///
     /// # Errors
     /// A bad address; [`Error::OutOfFrames`].
-    pub fn pte_alloc(&self, va: u64) -> Result<PmdRef<'_, Mmu, InTable>, Error> {
+    pub fn pte_alloc(&self, va: u64) -> Result<PmdRef<'m, '_, Mmu, InTable>, Error> {
         let mmu = self.mmu();
         mmu.check_va(va, 1)?;
         let needs_table = match self.pmd_offset(va)? {
@@ -341,7 +356,7 @@ impl<'m> MmapReadGuard<'m> {
         let need = mmu.missing_upper(va) + usize::from(needs_table);
         let mut reserve = mmu.frames.alloc_n(need, FrameKind::Pte)?;
         let result = self.pmd_alloc_from(va, &mut reserve).and_then(|pmd| {
-            mmu.pte_alloc_from(&pmd, &mut reserve)?;
+            mmu.pte_alloc_from(self, &pmd, &mut reserve)?;
             Ok(pmd)
         });
         mmu.release(reserve);
@@ -354,9 +369,9 @@ impl<'m> MmapReadGuard<'m> {
     /// installing needs the mmap or VMA lock, never the rmap lock alone (rule I7).
     pub fn pmd_install(
         &self,
-        pmd: &PmdRef<'_, Mmu, InTable>,
+        pmd: &PmdRef<'_, '_, Mmu, InTable>,
         table: DetachedPmd<'_, Mmu, Fresh>,
     ) -> bool {
-        self.mmu().pmd_install(pmd, table)
+        self.mmu().pmd_install(self, pmd, table)
     }
 }

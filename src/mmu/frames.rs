@@ -18,8 +18,11 @@ use std::vec::Vec;
 pub const ENTRIES: usize = 512;
 
 /// One 8-byte entry cell of a page-table frame. The provenance layer sees it as a pmd slot.
+///
+/// Only the MMU makes them (there is no public constructor and no `Default`): every slot a
+/// caller can name lies in some MMU's frame arena.
 #[repr(transparent)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PmdSlot(pub(crate) AtomicU64);
 
 /// What a frame is used for.
@@ -75,6 +78,9 @@ pub(crate) struct FrameDesc {
     head_of: AtomicU64,
     /// Tables deposited on slots of this PMD table: (slot index, PTE table frame), FIFO.
     pub(crate) deposit: Mutex<Vec<(u16, u64)>>,
+    /// For a PMD table: the first virtual address it maps (upper tables are never freed while
+    /// the MMU lives, so this never changes once set).
+    pub(crate) pmd_base: AtomicU64,
 }
 
 struct Bitmap {
@@ -85,7 +91,7 @@ struct Bitmap {
 /// `n` zeroed entry cells in one zeroed allocation, instead of `n` separate constructions.
 fn zeroed_cells(n: usize) -> Box<[PmdSlot]> {
     let Ok(layout) = std::alloc::Layout::array::<PmdSlot>(n) else {
-        return (0..n).map(|_| PmdSlot::default()).collect();
+        return (0..n).map(|_| PmdSlot(AtomicU64::new(0))).collect();
     };
     if layout.size() == 0 {
         return Box::new([]);
@@ -231,7 +237,9 @@ impl Frames {
                 self.cell(pfn, i).0.store(0, Ordering::Relaxed);
             }
         }
-        self.desc(pfn).refs.store(1, Ordering::Relaxed);
+        // Only data pages are reference counted: a table frame can never be freed by a put.
+        let refs = u32::from(kind == FrameKind::Data);
+        self.desc(pfn).refs.store(refs, Ordering::Relaxed);
         self.desc(pfn).kind.store(kind as u8, Ordering::Release);
     }
 
@@ -244,34 +252,43 @@ impl Frames {
     }
 
     /// Takes a reference to the folio of a data frame unless it has none left
-    /// (`folio_try_get`).
+    /// (`folio_try_get`). `false` for anything but a data page in use.
     pub(crate) fn try_get(&self, pfn: u64) -> bool {
         if pfn == 0 || pfn as usize >= self.nframes {
             return false;
         }
+        // Table frames keep 0 references (`prepare`), so they are never referenced here.
         self.desc(self.folio(pfn))
             .refs
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |r| {
-                (r > 0).then(|| r + 1)
+                (r > 0 && r < u32::MAX).then(|| r + 1)
             })
             .is_ok()
     }
 
     /// Drops a reference to the folio of a data frame; frees the folio (one frame, or all 512
-    /// of a huge page) on the last.
-    pub(crate) fn put(&self, pfn: u64) {
+    /// of a huge page) on the last. Returns `false`, and changes nothing, for a frame that is
+    /// not a data page with references (a table, a free frame): a put can never free a table.
+    pub(crate) fn put(&self, pfn: u64) -> bool {
         if pfn == 0 || pfn as usize >= self.nframes {
-            return;
+            return false;
         }
         let head = self.folio(pfn);
-        let prev = self.desc(head).refs.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(prev > 0, "put of frame {pfn:#x} with no references");
-        if prev == 1 {
-            if self.desc(head).compound.load(Ordering::Acquire) {
-                self.free_huge(head);
-            } else {
-                self.free(head);
+        let dropped = self
+            .desc(head)
+            .refs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1));
+        match dropped {
+            Ok(1) => {
+                if self.desc(head).compound.load(Ordering::Acquire) {
+                    self.free_huge(head);
+                } else {
+                    self.free(head);
+                }
+                true
             }
+            Ok(_) => true,
+            Err(_) => false,
         }
     }
 
@@ -280,19 +297,10 @@ impl Frames {
         self.desc(self.folio(pfn)).refs.load(Ordering::Relaxed)
     }
 
-    /// A huge pmd is split into 512 PTEs: each PTE holds a reference to the folio, where the
-    /// pmd held one (`split_huge_pmd` keeps the folio whole, so pins taken through the pmd
-    /// stay valid).
-    pub(crate) fn split_refs(&self, head: u64) {
-        self.desc(head)
-            .refs
-            .fetch_add(ENTRIES as u32 - 1, Ordering::AcqRel);
-    }
-
-    /// Frees one frame now: new generation, poison, back to the allocator.
+    /// Frees one frame now: new generation, poison, back to the allocator. A bogus free (frame
+    /// 0, out of range, already free) changes nothing.
     pub(crate) fn free(&self, pfn: u64) {
         if pfn == 0 || pfn as usize >= self.nframes || self.kind(pfn) == FrameKind::Free {
-            debug_assert!(false, "double or bogus free of frame {pfn:#x}");
             return;
         }
         let d = self.desc(pfn);
@@ -328,8 +336,11 @@ impl Frames {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Re-labels a frame taken from a reservation made for another kind.
+    /// Re-labels a frame taken from a reservation made for another kind (a data page gets its
+    /// one reference, a table none, as from `alloc_n`).
     pub(crate) fn set_kind(&self, pfn: u64, kind: FrameKind) {
+        let refs = u32::from(kind == FrameKind::Data);
+        self.desc(pfn).refs.store(refs, Ordering::Relaxed);
         self.desc(pfn).kind.store(kind as u8, Ordering::Release);
     }
 }

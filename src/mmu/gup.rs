@@ -13,30 +13,49 @@ use crate::error::Error;
 use crate::provenance::pte_offset_map;
 use core::fmt;
 
-/// A page pinned by [`Mmu::gup_fast`]; dropping it unpins (`unpin_user_page`).
-#[must_use = "dropping a pin releases the page at once"]
-pub struct PinnedPage<'m> {
+/// A reference to a data page: a pin from [`Mmu::gup_fast`], a reference from
+/// [`Mmu::try_get_page`], or a page from [`Mmu::alloc_data_frame`]. Dropping it puts the
+/// reference (`unpin_user_page`, `folio_put`); the last put frees the page. References exist
+/// only as values of this type, so safe code cannot put one it does not hold.
+///
+/// # Invariants
+/// The value holds one reference to the folio of `page` (`folio` is that folio's head).
+#[must_use = "dropping a page reference releases it at once"]
+pub struct PageRef<'m> {
     mmu: &'m Mmu,
     page: u64,
     folio: u64,
 }
 
-impl PinnedPage<'_> {
-    /// The pinned frame.
+/// A page pinned by [`Mmu::gup_fast`].
+pub type PinnedPage<'m> = PageRef<'m>;
+
+impl<'m> PageRef<'m> {
+    /// Wraps a reference the caller just took (or allocated) on `page`.
+    pub(crate) fn new(mmu: &'m Mmu, page: u64) -> Self {
+        // INVARIANT: the caller took the reference.
+        PageRef {
+            mmu,
+            page,
+            folio: mmu.frames.folio(page),
+        }
+    }
+
+    /// The referenced frame.
     pub fn pfn(&self) -> u64 {
         self.page
     }
 }
 
-impl Drop for PinnedPage<'_> {
+impl Drop for PageRef<'_> {
     fn drop(&mut self) {
         self.mmu.frames.put(self.folio);
     }
 }
 
-impl fmt::Debug for PinnedPage<'_> {
+impl fmt::Debug for PageRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedPage")
+        f.debug_struct("PageRef")
             .field("pfn", &self.page)
             .finish()
     }
@@ -53,7 +72,7 @@ impl Mmu {
         &self,
         start: u64,
         nr_pages: usize,
-    ) -> Result<std::vec::Vec<PinnedPage<'_>>, Error> {
+    ) -> Result<std::vec::Vec<PageRef<'_>>, Error> {
         self.check_va(start, PAGE_SIZE)?;
         let mut pins = std::vec::Vec::with_capacity(nr_pages);
         let guard = self.rcu_read_lock();
@@ -76,11 +95,7 @@ impl Mmu {
                         break;
                     }
                     let page = head + ((va & (PMD_SIZE - 1)) >> 12);
-                    pins.push(PinnedPage {
-                        mmu: self,
-                        page,
-                        folio: head,
-                    });
+                    pins.push(PageRef::new(self, page));
                 }
                 PmdKind::Table(_) => {
                     let Ok(map) = pte_offset_map(&pmd, va) else {
@@ -98,11 +113,7 @@ impl Mmu {
                         self.frames.put(pfn);
                         break;
                     }
-                    pins.push(PinnedPage {
-                        mmu: self,
-                        page: pfn,
-                        folio: pfn,
-                    });
+                    pins.push(PageRef::new(self, pfn));
                 }
                 _ => break,
             }

@@ -9,7 +9,7 @@
 //! | [`Mmu::collapse_pte_mapped_thp`] | mmap read | `rw_nolock` + typed `pmd_same`, then PMD + PTE lock | `pte_free_defer` |
 //! | [`Mmu::collapse_huge_page`] | mmap write + VMA write | PMD + PTE lock, `pmdp_collapse_flush` | synced, then reused: deposited (or repopulated on failure) |
 
-use super::entry::{PmdKind, Pte, huge_entry};
+use super::entry::{PmdKind, huge_entry};
 use super::vma::VmaKind;
 use super::{Mmu, PMD_SIZE};
 use crate::error::{Error, NoMap};
@@ -32,10 +32,11 @@ pub enum CollapseOutcome {
 }
 
 impl Mmu {
-    /// Frees a detached table the khugepaged way: check it (`page_table_check_pte_clear_range`,
-    /// case 1), drop the pages it still maps, `pte_free_defer`. Returns the pages dropped and
-    /// counts anonymous ones as lost.
-    fn free_retired(&self, table: DetachedPmd<'_, Mmu, Retired>, haddr: u64) -> usize {
+    /// Frees a detached table (retraction, `free_pgtables`): check it
+    /// (`page_table_check_pte_clear_range`, case 1), drop the references of the pages it still
+    /// maps after a grace period, `pte_free_defer`. Returns the pages dropped and counts
+    /// anonymous ones as lost.
+    pub(crate) fn free_retired(&self, table: DetachedPmd<'_, Mmu, Retired>, haddr: u64) -> usize {
         let report = super::check::page_table_check_pte_clear_range(self, haddr, &table.pmd());
         let pages: Vec<u64> = match pte_offset_map(&table.pmd(), haddr) {
             Ok(map) => map
@@ -76,7 +77,7 @@ impl Mmu {
     /// PMD lock, recheck the pmd names a table, PTE lock, `recheck` under both locks, detach.
     fn detach_locked<'a>(
         &self,
-        pmd: &PmdRef<'a, Mmu, InTable>,
+        pmd: &PmdRef<'_, 'a, Mmu, InTable>,
         va: u64,
         recheck: impl FnOnce(&Self) -> bool,
     ) -> Result<DetachedPmd<'a, Mmu, Retired>, Error> {
@@ -166,33 +167,31 @@ impl Mmu {
         if !collapsible || ptl.entries().all(|p| p.is_none()) {
             return Ok(CollapseOutcome::Aborted);
         }
-        let mut pages = Vec::new();
+        // Each clear drops its page's reference after a grace period (no page cache here).
         for i in 0..super::ENTRIES as u64 {
-            pages.extend(ptl.ptep_get_and_clear(haddr + i * super::PAGE_SIZE).pfn());
+            ptl.ptep_get_and_clear(haddr + i * super::PAGE_SIZE);
         }
         // Step 4: detach (the PTE lock is still held and revalidated).
-        let table = match pmdp_collapse_flush(&pml, ptl) {
-            Ok(t) => t,
-            Err(_) => {
-                drop(pml);
-                self.put_pages_deferred(pages);
-                return Ok(CollapseOutcome::Aborted);
-            }
+        let Ok(table) = pmdp_collapse_flush(&pml, ptl) else {
+            return Ok(CollapseOutcome::Aborted);
         };
-        // Step 5: map the huge page, if there is memory for it.
+        // Step 5: map the huge page, if there is memory for it: the entry, then its deposit.
         let outcome = match (self.frames.alloc_huge(), DetachedPmd::pte_alloc_one(self)) {
-            (Ok(huge), Ok(deposit)) => match deposit.pgtable_trans_huge_deposit(&pml) {
-                Ok(()) => {
-                    pmd.slot().0.store(huge_entry(huge), Ordering::Release);
-                    self.counters.collapses.fetch_add(1, Ordering::Relaxed);
-                    CollapseOutcome::Collapsed
+            (Ok(huge), Ok(deposit)) => {
+                pmd.slot().0.store(huge_entry(huge), Ordering::Release);
+                match deposit.pgtable_trans_huge_deposit(&pml) {
+                    Ok(()) => {
+                        self.counters.collapses.fetch_add(1, Ordering::Relaxed);
+                        CollapseOutcome::Collapsed
+                    }
+                    Err(r) => {
+                        pmd.slot().0.store(0, Ordering::Release);
+                        r.value.pte_free();
+                        self.frames.put(huge);
+                        CollapseOutcome::TableRemoved
+                    }
                 }
-                Err(r) => {
-                    r.value.pte_free();
-                    self.frames.put(huge);
-                    CollapseOutcome::TableRemoved
-                }
-            },
+            }
             (huge, deposit) => {
                 if let Ok(h) = huge {
                     self.frames.put(h);
@@ -204,7 +203,6 @@ impl Mmu {
             }
         };
         drop(pml);
-        self.put_pages_deferred(pages);
         self.free_retired(table, haddr);
         Ok(outcome)
     }
@@ -251,37 +249,30 @@ impl Mmu {
             Ok(h) => h,
             Err(e) => {
                 let pml = pmd_lock(&pmd);
-                if let Err(r) = table.pmd_populate(&pml) {
+                if let Err(r) = table.pmd_populate(&mm, &pml) {
                     drop(pml);
                     r.value.pte_free_defer();
                 }
                 return Err(e);
             }
         };
-        // Copy (here: take) the pages through the owned, locked map of the detached table.
-        let mut pages = Vec::new();
+        // Copy (here: take) the pages through the owned, locked map of the detached table; each
+        // clear drops its page's reference after a grace period.
         {
             let owned = table.pmd();
             let ptl =
                 pte_offset_map_lock(&owned, haddr).map_err(|_| Error::NotMapped { addr: va })?;
             for i in 0..super::ENTRIES {
-                let old = ptl.ptep_get_index(i);
-                if !old.is_none() {
-                    ptl.set_pte_index(i, Pte::none());
-                    if let Some(pfn) = old.pfn().filter(|_| !old.is_special()) {
-                        pages.push(pfn);
-                    }
-                }
+                ptl.ptep_get_and_clear(haddr + (i as u64) * super::PAGE_SIZE);
             }
         }
         let pml = pmd_lock(&pmd);
+        pmd.slot().0.store(huge_entry(huge), Ordering::Release);
         if let Err(r) = table.pgtable_trans_huge_deposit(&pml) {
             r.value.pte_free();
         }
-        pmd.slot().0.store(huge_entry(huge), Ordering::Release);
         drop(pml);
         self.counters.collapses.fetch_add(1, Ordering::Relaxed);
-        self.put_pages_deferred(pages);
         Ok(CollapseOutcome::Collapsed)
     }
 }

@@ -74,7 +74,7 @@ pub use entry::{
     RESERVED, RW, TableRef, USER, classify_pmd, huge_entry, migration_entry, table_entry,
 };
 pub use frames::{ENTRIES, FrameKind, PmdSlot};
-pub use gup::PinnedPage;
+pub use gup::{PageRef, PinnedPage};
 pub use khugepaged::CollapseOutcome;
 pub use ops::{MmuDump, MmuStats};
 pub use stability::{MmapReadGuard, MmapWriteGuard};
@@ -268,12 +268,15 @@ impl Mmu {
         }
     }
 
-    /// Allocates a data frame (for callers that build tables by hand).
+    /// Allocates a data frame (for callers that build tables by hand), with its one
+    /// reference: a PTE that maps it takes its own, and dropping the [`PageRef`] frees the
+    /// page once no entry maps it.
     ///
     /// # Errors
     /// [`Error::OutOfFrames`].
-    pub fn alloc_data_frame(&self) -> Result<u64, Error> {
-        Ok(self.frames.alloc_n(1, FrameKind::Data)?[0])
+    pub fn alloc_data_frame(&self) -> Result<PageRef<'_>, Error> {
+        let pfn = self.frames.alloc_n(1, FrameKind::Data)?[0];
+        Ok(PageRef::new(self, pfn))
     }
 }
 

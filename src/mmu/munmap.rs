@@ -23,22 +23,19 @@ impl Exclusive<'_> {
     /// exclusivity this token proves makes safe, and the table goes to `tlb_remove_table`
     /// (here `pte_free_defer`), since lockless walkers may still be inside it. Upper-level
     /// tables are kept. Returns the number of tables freed.
-    pub fn free_pgtables(self) -> usize {
+    ///
+    /// A page still mapped in a freed table (the range was not zapped first) loses its
+    /// mapping's reference after the grace period; an anonymous one is counted in
+    /// `anon_pages_lost`.
+    pub fn free_pgtables(mut self) -> usize {
         let mmu = self.mmu();
         let (start, end) = self.range();
         let mut freed = 0;
         let mut va = start.next_multiple_of(PMD_SIZE);
         while va + PMD_SIZE <= end {
-            if let Ok(Some(pmd)) = self.pmd_offset(va) {
-                if let Ok(table) = pmd_clear_exclusive(&self, &pmd) {
-                    let report =
-                        super::check::page_table_check_pte_clear_range(mmu, va, &table.pmd());
-                    mmu.counters
-                        .anon_pages_lost
-                        .fetch_add(report.anon as u64, Ordering::Relaxed);
-                    table.pte_free_defer();
-                    freed += 1;
-                }
+            if let Ok(table) = pmd_clear_exclusive(&mut self, va) {
+                mmu.free_retired(table, va);
+                freed += 1;
             }
             va += PMD_SIZE;
         }
@@ -57,7 +54,7 @@ impl Mmu {
     /// # Errors
     /// A bad range, or [`Error::PartialVma`].
     pub fn munmap(&self, start: u64, len: u64) -> Result<usize, Error> {
-        let mm = self.mmap_write_lock();
+        let mut mm = self.mmap_write_lock();
         let excl = mm.detach_range(start, len)?;
         excl.zap();
         Ok(excl.free_pgtables())
@@ -113,7 +110,8 @@ impl Mmu {
         };
         let _rmap = self.i_mmap_lock_write();
         let old_pml = pmd_lock(&old_pmd);
-        let new_pml = if self.same_pmd_lock(old_pmd.slot(), new_pmd.slot()) {
+        // SAFETY: both slots are this MMU's (walks of its own mmap lock).
+        let new_pml = if unsafe { self.same_pmd_lock(old_pmd.slot(), new_pmd.slot()) } {
             None
         } else {
             Some(pmd_lock(&new_pmd))
@@ -133,10 +131,11 @@ impl Mmu {
         if old_vma.anon_vma.load(Ordering::Acquire) {
             self.anon_vma_prepare(&new_vma);
         }
-        if let Err(r) = table.pmd_populate_at(new_pml.as_ref().unwrap_or(&old_pml), &new_pmd) {
+        if let Err(r) = table.pmd_populate_at(&mm, new_pml.as_ref().unwrap_or(&old_pml), &new_pmd)
+        {
             // Cannot happen (checked under the locks); never lose the table: put it back.
             let e = r.error;
-            if let Err(r) = r.value.pmd_populate(&old_pml) {
+            if let Err(r) = r.value.pmd_populate(&mm, &old_pml) {
                 r.value.pte_free_defer();
             }
             return Err(e);

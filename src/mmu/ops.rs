@@ -80,7 +80,7 @@ impl Mmu {
         &'g self,
         guard: &'g RcuGuard<'_, EpochRcu>,
         va: u64,
-    ) -> Result<Option<PmdRef<'g, Mmu, CopiedUnderRcu<'g>>>, Error> {
+    ) -> Result<Option<PmdRef<'g, 'g, Mmu, CopiedUnderRcu<'g>>>, Error> {
         if !core::ptr::eq(guard.domain(), &self.rcu) {
             return Err(Error::WrongMmu);
         }
@@ -103,7 +103,7 @@ impl Mmu {
     pub fn pmd_read_unprotected(
         &self,
         va: u64,
-    ) -> Result<Option<PmdRef<'_, Mmu, Unprotected>>, Error> {
+    ) -> Result<Option<PmdRef<'_, '_, Mmu, Unprotected>>, Error> {
         let guard = self.rcu_read_lock();
         Ok(self
             .pmd_copy_lockless(&guard, va)?
@@ -138,6 +138,15 @@ impl Mmu {
     /// malformed entries that the map functions must classify as "nomap". A PTE table that the
     /// old value named is leaked (its frame stays allocated), never freed under a walker.
     ///
+    /// # Safety
+    /// The write bypasses every rule of the protocol: it takes no PTE lock (rule I8), and the
+    /// new value is not checked. The caller makes sure that the result is a state the MMU
+    /// could reach by itself: `raw` names no PTE table that another slot names, or that is
+    /// free or not a table; no thread holds an `Attached` lock of a table the old value named
+    /// (it is unlinked without that lock); a huge entry names a huge page whose reference it
+    /// holds; and any page reference the old value held is accounted for
+    /// ([`Mmu::put_page`]). Breaking this can make a later operation free a live table.
+    ///
     /// # Errors
     /// A bad address, or [`Error::NotMapped`] if the upper levels for `va` do not exist.
     ///
@@ -147,14 +156,19 @@ impl Mmu {
     /// use typed_pgtable::NoMap;
     ///
     /// let mmu = Mmu::new(MmuConfig::default())?;
-    /// mmu.map_huge(0x20_0000)?;
-    /// mmu.inject_pmd(0x20_0000, migration_entry(7))?;
+    /// let head = mmu.map_huge(0x20_0000)?;
+    /// // SAFETY: a migration entry names no table; the huge page's reference goes with the
+    /// // mapping, as when the kernel starts migrating it.
+    /// unsafe {
+    ///     mmu.inject_pmd(0x20_0000, migration_entry(7))?;
+    ///     mmu.put_page(head);
+    /// }
     /// let mm = mmu.mmap_read_lock();
     /// let pmd = mm.pmd_offset(0x20_0000)?.unwrap();
     /// assert_eq!(pte_offset_map(&pmd, 0x20_0000).err(), Some(NoMap::Migration));
     /// # Ok::<(), typed_pgtable::Error>(())
     /// ```
-    pub fn inject_pmd(&self, va: u64, raw: u64) -> Result<u64, Error> {
+    pub unsafe fn inject_pmd(&self, va: u64, raw: u64) -> Result<u64, Error> {
         self.check_va(va, 1)?;
         let mm = self.mmap_write_lock();
         let Some(pmd) = mm.pmd_offset(va)? else {

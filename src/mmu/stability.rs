@@ -8,8 +8,10 @@
 use super::Mmu;
 use super::entry::{PmdKind, classify_pmd, table_entry};
 use super::frames::{ENTRIES, FrameKind, PmdSlot};
+use crate::bound::{OnItsThread, WalkBound};
 use crate::error::Error;
-use crate::provenance::{InTable, PmdRef};
+use crate::provenance::{InTable, InstallLock, PmdRef};
+use core::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 use std::vec::Vec;
@@ -92,6 +94,13 @@ impl Mmu {
                                 None => self.frames.alloc_n(1, kind)?[0],
                             };
                             self.frames.set_kind(new, kind);
+                            if kind == FrameKind::Pmd {
+                                // One PMD table maps 1 GiB.
+                                self.frames
+                                    .desc(new)
+                                    .pmd_base
+                                    .store(va & !((1 << 30) - 1), Ordering::Release);
+                            }
                             slot.0.store(table_entry(new), Ordering::Release);
                             new
                         }
@@ -106,7 +115,8 @@ impl Mmu {
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
         MmapReadGuard {
             mmu: self,
-            _lock: self.mmap_lock.read().unwrap_or_else(|e| e.into_inner()),
+            _lock: OnItsThread(self.mmap_lock.read().unwrap_or_else(|e| e.into_inner())),
+            _not_send: PhantomData,
         }
     }
 
@@ -114,7 +124,8 @@ impl Mmu {
     pub fn mmap_write_lock(&self) -> MmapWriteGuard<'_> {
         MmapWriteGuard {
             mmu: self,
-            _lock: self.mmap_lock.write().unwrap_or_else(|e| e.into_inner()),
+            _lock: OnItsThread(self.mmap_lock.write().unwrap_or_else(|e| e.into_inner())),
+            _not_send: PhantomData,
         }
     }
 }
@@ -132,7 +143,7 @@ macro_rules! walks {
             ///
             /// # Errors
             /// [`Error::NonCanonical`] or [`Error::OutOfRange`] for a bad address.
-            pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'_, Mmu, InTable>>, Error> {
+            pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'m, '_, Mmu, InTable>>, Error> {
                 self.mmu.check_va(va, 1)?;
                 Ok(self.mmu.pmd_slot(va).map(|slot| {
                     // SAFETY: the slot is in a PMD table of this MMU; upper-level tables are
@@ -146,7 +157,7 @@ macro_rules! walks {
             ///
             /// # Errors
             /// A bad address, or [`Error::OutOfFrames`] (nothing is allocated then).
-            pub fn pmd_alloc(&self, va: u64) -> Result<PmdRef<'_, Mmu, InTable>, Error> {
+            pub fn pmd_alloc(&self, va: u64) -> Result<PmdRef<'m, '_, Mmu, InTable>, Error> {
                 self.mmu.check_va(va, 1)?;
                 let need = self.mmu.missing_upper(va);
                 let mut reserve = self.mmu.frames.alloc_n(need, FrameKind::Pmd)?;
@@ -159,6 +170,15 @@ macro_rules! walks {
             }
         }
 
+        // SAFETY: the mmap lock (either mode) excludes `detach_range`, which needs it for
+        // writing (a writer's own `Exclusive` borrows its guard mutably, so the guard cannot
+        // be used while one lives); and the check allows only this MMU's PMD-table slots.
+        unsafe impl InstallLock<Mmu> for $guard<'_> {
+            fn allows_install(&self, backend: &Mmu, slot: &PmdSlot) -> Result<(), Error> {
+                self.mmu.install_covered(backend, slot, None)
+            }
+        }
+
         impl core::fmt::Debug for $guard<'_> {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 f.debug_struct(stringify!($guard)).finish_non_exhaustive()
@@ -167,13 +187,13 @@ macro_rules! walks {
     };
 }
 
-impl MmapReadGuard<'_> {
+impl<'m> MmapReadGuard<'m> {
     /// `pmd_alloc` drawing new upper-level tables from a reservation.
     pub(crate) fn pmd_alloc_from(
         &self,
         va: u64,
         reserve: &mut Vec<u64>,
-    ) -> Result<PmdRef<'_, Mmu, InTable>, Error> {
+    ) -> Result<PmdRef<'m, '_, Mmu, InTable>, Error> {
         let slot = self.mmu.pmd_slot_alloc(va, reserve)?;
         // SAFETY: the slot is in a PMD table of this MMU; upper-level tables are never freed
         // while the MMU lives, and this mmap read lock is held for the borrow of `self`.
@@ -185,14 +205,18 @@ impl MmapReadGuard<'_> {
 #[must_use = "the mmap lock is released as soon as the guard is dropped"]
 pub struct MmapReadGuard<'m> {
     mmu: &'m Mmu,
-    _lock: RwLockReadGuard<'m, ()>,
+    // INVARIANT (`OnItsThread`): the token is `!Send` and `!Sync` through `_not_send`.
+    _lock: OnItsThread<RwLockReadGuard<'m, ()>>,
+    _not_send: WalkBound,
 }
 
 /// The mmap lock held for writing: excludes every other mmap-lock holder.
 #[must_use = "the mmap lock is released as soon as the guard is dropped"]
 pub struct MmapWriteGuard<'m> {
     mmu: &'m Mmu,
-    _lock: RwLockWriteGuard<'m, ()>,
+    // INVARIANT (`OnItsThread`): the token is `!Send` and `!Sync` through `_not_send`.
+    _lock: OnItsThread<RwLockWriteGuard<'m, ()>>,
+    _not_send: WalkBound,
 }
 
 walks!(MmapReadGuard);

@@ -6,7 +6,7 @@ use super::entry::{HUGE, PRESENT, PmdKind, Pte, huge_entry};
 use super::frames::{ENTRIES, FrameKind};
 use super::stability::MmapReadGuard;
 use super::vma::VmaKind;
-use super::{Mmu, PMD_SIZE};
+use super::{Mmu, PAGE_SIZE, PMD_SIZE};
 use crate::error::Error;
 use crate::provenance::{DetachedPmd, InTable, PmdLockGuard, PmdRef, pmd_lock};
 use std::sync::atomic::Ordering;
@@ -26,7 +26,7 @@ pub enum SplitOutcome {
 }
 
 /// Writes a huge pmd into the locked slot (`set_pmd_at`).
-fn set_pmd_huge(pml: &PmdLockGuard<'_, Mmu>, pfn: u64) {
+fn set_pmd_huge(pml: &PmdLockGuard<'_, '_, Mmu>, pfn: u64) {
     pml.pmd().slot().0.store(huge_entry(pfn), Ordering::Release);
 }
 
@@ -136,12 +136,14 @@ impl Mmu {
             deposit.pte_free();
             return Err(e);
         }
+        // The huge entry first: a deposit hangs on a huge pmd.
+        set_pmd_huge(&pml, data);
         if let Err(r) = deposit.pgtable_trans_huge_deposit(&pml) {
+            pml.pmd().slot().0.store(0, Ordering::Release);
             drop(pml);
             r.value.pte_free();
             return Err(r.error);
         }
-        set_pmd_huge(&pml, data);
         Ok(())
     }
 
@@ -173,7 +175,7 @@ impl Mmu {
     /// `__split_huge_pmd` on a slot reached under any walk lock.
     pub(crate) fn split_huge_pmd_at(
         &self,
-        pmd: &PmdRef<'_, Mmu, InTable>,
+        pmd: &PmdRef<'_, '_, Mmu, InTable>,
         va: u64,
     ) -> Result<SplitOutcome, Error> {
         let haddr = va & !(PMD_SIZE - 1);
@@ -236,18 +238,36 @@ impl Mmu {
                 }
             },
         };
-        if let (SplitOutcome::Split, PmdKind::Huge(pfn)) = (outcome, old.kind()) {
-            self.frames.split_refs(pfn);
-        }
-        {
+        // Fill: each PTE takes a reference to the folio (the pmd held one, dropped below), so
+        // pins taken through the huge pmd stay valid and the folio stays whole.
+        let filled = {
             let map = table.pte_offset_map_mut(haddr);
+            let mut filled = Ok(());
             for (i, pte) in fill.into_iter().enumerate() {
-                map.set_pte_index(i, pte);
+                filled = map.set_pte_index(i, pte);
+                if filled.is_err() {
+                    // Cannot happen (the pages are the folio's, the zero page exists): undo.
+                    for j in 0..i {
+                        map.ptep_get_and_clear(haddr + j as u64 * PAGE_SIZE);
+                    }
+                    break;
+                }
             }
+            filled
+        };
+        if let Err(e) = filled {
+            pmd.slot().0.store(old.raw(), Ordering::Release);
+            if let Err(r) = table.pgtable_trans_huge_deposit(&pml) {
+                r.value.pte_free();
+            }
+            return Err(e);
+        }
+        if let (SplitOutcome::Split, PmdKind::Huge(pfn)) = (outcome, old.kind()) {
+            self.frames.put(pfn);
         }
         // Publish: the release store of `pmd_populate` orders the 512 writes before it.
         pmd.slot().0.store(0, Ordering::Relaxed);
-        if let Err(r) = table.pmd_populate(&pml) {
+        if let Err(r) = table.pmd_populate_split(&pml) {
             // Cannot happen under the PMD lock; never lose the table.
             r.value.pte_free();
         }
@@ -275,7 +295,7 @@ impl Mmu {
 
     pub(crate) fn zap_huge_pmd(
         &self,
-        pmd: &PmdRef<'_, Mmu, InTable>,
+        pmd: &PmdRef<'_, '_, Mmu, InTable>,
         va: u64,
     ) -> Result<u64, Error> {
         let pml = pmd_lock(pmd);

@@ -19,8 +19,10 @@
 use super::frames::PmdSlot;
 use super::stability::MmapWriteGuard;
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
+use crate::bound::{OnItsThread, WalkBound};
 use crate::error::Error;
-use crate::provenance::{ExclusiveAccess, InTable, PmdRef};
+use crate::provenance::{ExclusiveAccess, InTable, InstallLock, PmdRef};
+use core::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 use std::vec::Vec;
@@ -203,14 +205,19 @@ impl Mmu {
             vma.lock.read_unlock();
             return None;
         }
-        Some(VmaReadGuard { mmu: self, vma })
+        Some(VmaReadGuard {
+            mmu: self,
+            vma,
+            _not_send: PhantomData,
+        })
     }
 
     /// Takes the rmap lock of the file mapping for reading (`i_mmap_lock_read`).
     pub fn i_mmap_lock_read(&self) -> RmapReadGuard<'_> {
         RmapReadGuard {
             mmu: self,
-            _lock: self.i_mmap.read().unwrap_or_else(|e| e.into_inner()),
+            _lock: OnItsThread(self.i_mmap.read().unwrap_or_else(|e| e.into_inner())),
+            _not_send: PhantomData,
         }
     }
 
@@ -218,7 +225,36 @@ impl Mmu {
     pub fn i_mmap_lock_write(&self) -> RmapWriteGuard<'_> {
         RmapWriteGuard {
             _mmu: self,
-            _lock: self.i_mmap.write().unwrap_or_else(|e| e.into_inner()),
+            _lock: OnItsThread(self.i_mmap.write().unwrap_or_else(|e| e.into_inner())),
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The first address of the 2 MiB range a pmd slot of this MMU maps, or `None` for a slot
+    /// that is not an entry of one of its PMD tables.
+    pub(crate) fn slot_va(&self, slot: &PmdSlot) -> Option<u64> {
+        let (pfn, index) = self.frames.locate(slot)?;
+        if self.frames.kind(pfn) != super::frames::FrameKind::Pmd {
+            return None;
+        }
+        let base = self.frames.desc(pfn).pmd_base.load(Ordering::Acquire);
+        Some(base + index as u64 * PMD_SIZE)
+    }
+
+    /// The install check of a walk lock of this MMU that covers `[start, end)`.
+    pub(crate) fn install_covered(
+        &self,
+        backend: &Mmu,
+        slot: &PmdSlot,
+        range: Option<(u64, u64)>,
+    ) -> Result<(), Error> {
+        if !core::ptr::eq(self, backend) {
+            return Err(Error::WrongMmu);
+        }
+        let va = self.slot_va(slot).ok_or(Error::WrongMmu)?;
+        match range {
+            Some((start, end)) if va < start || va + PMD_SIZE > end => Err(Error::SlotNotCovered),
+            _ => Ok(()),
         }
     }
 
@@ -240,6 +276,17 @@ impl Mmu {
 pub struct VmaReadGuard<'m> {
     mmu: &'m Mmu,
     vma: Arc<Vma>,
+    _not_send: WalkBound,
+}
+
+// SAFETY: the VMA read lock keeps the VMA attached (`detach_range` write-locks it first), and
+// the check allows only slots whose whole 2 MiB range lies inside it, so no `Exclusive` of
+// another range covers them.
+unsafe impl InstallLock<Mmu> for VmaReadGuard<'_> {
+    fn allows_install(&self, backend: &Mmu, slot: &PmdSlot) -> Result<(), Error> {
+        self.mmu
+            .install_covered(backend, slot, Some((self.vma.start, self.vma.end)))
+    }
 }
 
 impl<'m> VmaReadGuard<'m> {
@@ -257,7 +304,7 @@ impl<'m> VmaReadGuard<'m> {
     ///
     /// # Errors
     /// [`Error::OutsideVma`] if `va` is not inside the locked VMA; a bad address.
-    pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'_, Mmu, InTable>>, Error> {
+    pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'m, '_, Mmu, InTable>>, Error> {
         let slot = self
             .mmu
             .token_walk(va, Some((self.vma.start, self.vma.end)))?;
@@ -288,6 +335,16 @@ impl core::fmt::Debug for VmaReadGuard<'_> {
 pub struct VmaWriteGuard<'a> {
     mm: &'a MmapWriteGuard<'a>,
     vma: Arc<Vma>,
+    _not_send: WalkBound,
+}
+
+// SAFETY: as for `VmaReadGuard`; the mmap write lock is held as well.
+unsafe impl InstallLock<Mmu> for VmaWriteGuard<'_> {
+    fn allows_install(&self, backend: &Mmu, slot: &PmdSlot) -> Result<(), Error> {
+        self.mm
+            .mmu()
+            .install_covered(backend, slot, Some((self.vma.start, self.vma.end)))
+    }
 }
 
 impl<'a> VmaWriteGuard<'a> {
@@ -300,7 +357,7 @@ impl<'a> VmaWriteGuard<'a> {
     ///
     /// # Errors
     /// [`Error::OutsideVma`]; a bad address.
-    pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'_, Mmu, InTable>>, Error> {
+    pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'a, '_, Mmu, InTable>>, Error> {
         let mmu = self.mm.mmu();
         let slot = mmu.token_walk(va, Some((self.vma.start, self.vma.end)))?;
         // SAFETY: as for `VmaReadGuard::pmd_offset`; the mmap write lock is held too.
@@ -327,7 +384,9 @@ impl core::fmt::Debug for VmaWriteGuard<'_> {
 #[must_use = "the rmap lock is released as soon as the guard is dropped"]
 pub struct RmapReadGuard<'m> {
     mmu: &'m Mmu,
-    _lock: RwLockReadGuard<'m, ()>,
+    // INVARIANT (`OnItsThread`): the token is `!Send` and `!Sync` through `_not_send`.
+    _lock: OnItsThread<RwLockReadGuard<'m, ()>>,
+    _not_send: WalkBound,
 }
 
 impl<'m> RmapReadGuard<'m> {
@@ -358,7 +417,7 @@ impl<'m> RmapReadGuard<'m> {
     ///
     /// # Errors
     /// [`Error::OutsideVma`] if no linked file VMA contains `va`; a bad address.
-    pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'_, Mmu, InTable>>, Error> {
+    pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'m, '_, Mmu, InTable>>, Error> {
         let vma = self
             .mmu
             .vma_at(va)
@@ -383,7 +442,9 @@ impl core::fmt::Debug for RmapReadGuard<'_> {
 #[must_use = "the rmap lock is released as soon as the guard is dropped"]
 pub struct RmapWriteGuard<'m> {
     _mmu: &'m Mmu,
-    _lock: RwLockWriteGuard<'m, ()>,
+    // INVARIANT (`OnItsThread`): the token is `!Send` and `!Sync` through `_not_send`.
+    _lock: OnItsThread<RwLockWriteGuard<'m, ()>>,
+    _not_send: WalkBound,
 }
 
 impl core::fmt::Debug for RmapWriteGuard<'_> {
@@ -398,17 +459,24 @@ impl<'m> MmapWriteGuard<'m> {
     pub fn vma_start_write(&self, va: u64) -> Option<VmaWriteGuard<'_>> {
         let vma = self.mmu().vma_at(va)?;
         vma.lock.write_lock();
-        Some(VmaWriteGuard { mm: self, vma })
+        Some(VmaWriteGuard {
+            mm: self,
+            vma,
+            _not_send: PhantomData,
+        })
     }
 
     /// Detaches the VMAs in `[start, start + len)` and returns the exclusive token for the
     /// range (the first half of `munmap`): each VMA is write-locked and marked detached, then
     /// unlinked from the VMA list and the rmap under the rmap write lock.
     ///
+    /// The token borrows this guard mutably: no walk of the guard's own (and no `Attached`
+    /// lock from one) is alive while the token clears slots without the PTE lock.
+    ///
     /// # Errors
     /// A bad range, or [`Error::PartialVma`] if a VMA straddles the range's edge (this model
     /// does not split VMAs).
-    pub fn detach_range(&self, start: u64, len: u64) -> Result<Exclusive<'_>, Error> {
+    pub fn detach_range(&mut self, start: u64, len: u64) -> Result<Exclusive<'_>, Error> {
         let mmu = self.mmu();
         let end = mmu.check_range(start, len)?;
         let victims: Vec<Arc<Vma>> = {
@@ -447,6 +515,7 @@ impl<'m> MmapWriteGuard<'m> {
             start,
             end,
             slots,
+            _not_send: PhantomData,
         })
     }
 }
@@ -454,12 +523,18 @@ impl<'m> MmapWriteGuard<'m> {
 /// Exclusive access to a detached range (`free_pgtables`): the mmap lock held for writing and
 /// the range's VMAs detached and unlinked from the rmap. Covers the pmd slots of the 2 MiB
 /// regions that lie wholly inside the range.
+///
+/// # Invariants
+/// `mm` is borrowed from a `&'a mut MmapWriteGuard` (`detach_range`), the VMAs of the range are
+/// detached and unlinked, and `slots` are the addresses of the pmd slots of the 2 MiB regions
+/// wholly inside the range.
 #[must_use = "the exclusive token is the proof free_pgtables needs"]
 pub struct Exclusive<'a> {
     mm: &'a MmapWriteGuard<'a>,
     start: u64,
     end: u64,
     slots: Vec<usize>,
+    _not_send: WalkBound,
 }
 
 impl<'a> Exclusive<'a> {
@@ -477,7 +552,7 @@ impl<'a> Exclusive<'a> {
     ///
     /// # Errors
     /// [`Error::OutsideVma`] outside the range; a bad address.
-    pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'_, Mmu, InTable>>, Error> {
+    pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'a, '_, Mmu, InTable>>, Error> {
         let mmu = self.mmu();
         let slot = mmu.token_walk(va, Some((self.start, self.end)))?;
         // SAFETY: the mmap write lock is held for the borrow of `self`; upper-level tables are
@@ -486,13 +561,28 @@ impl<'a> Exclusive<'a> {
     }
 }
 
-// SAFETY: the token holds the mmap lock for writing (no mmap-lock walker), the range's VMAs
-// are detached (no VMA-lock walker can lock them) and unlinked from the rmap under its write
-// lock (no rmap walker can reach them), and it covers only pmds wholly inside the range, so no
-// other VMA's walker reaches those slots. Other removers all run under one of those locks.
-unsafe impl ExclusiveAccess<Mmu> for Exclusive<'_> {
-    fn covers(&self, slot: &PmdSlot) -> bool {
-        self.slots.contains(&(slot as *const PmdSlot as usize))
+// SAFETY: the token holds the mmap lock for writing (no mmap-lock walker; the guard itself is
+// borrowed mutably, so its own walks are over), the range's VMAs are detached (no VMA-lock
+// walker can lock them) and unlinked from the rmap under its write lock (no rmap walker can
+// reach them), and it covers only pmds wholly inside the range, so no other VMA's walker
+// reaches those slots. Other removers all run under one of those locks. The token is `!Send`
+// and `!Sync` (`WalkBound`), so only its holder's thread walks through it.
+unsafe impl<'a> ExclusiveAccess<'a, Mmu> for Exclusive<'a> {
+    fn backend(&self) -> &'a Mmu {
+        self.mm.mmu()
+    }
+
+    fn covered_slot(&self, addr: u64) -> Result<Option<&PmdSlot>, Error> {
+        let slot = self
+            .mmu()
+            .token_walk(addr, Some((self.start, self.end)))?
+            .filter(|s| self.slots.contains(&(*s as *const PmdSlot as usize)));
+        match slot {
+            Some(s) => Ok(Some(s)),
+            // In the range, but not a 2 MiB region wholly inside it (or no upper levels).
+            None if self.mmu().pmd_slot(addr).is_some() => Err(Error::OutsideVma { addr }),
+            None => Ok(None),
+        }
     }
 }
 

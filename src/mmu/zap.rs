@@ -9,7 +9,6 @@ use crate::provenance::{
     pte_offset_map_lock,
 };
 use std::sync::atomic::Ordering;
-use std::vec::Vec;
 
 /// What a zap did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -43,11 +42,8 @@ impl Mmu {
         let Some(pfn) = old.pfn() else {
             return Err(Error::NotMapped { addr: va });
         };
+        // The clear drops the entry's page reference after a grace period.
         pte.ptep_get_and_clear(va);
-        drop(pte);
-        if !old.is_special() {
-            self.put_pages_deferred(std::vec![pfn]);
-        }
         Ok(pfn)
     }
 
@@ -76,12 +72,12 @@ impl Mmu {
     }
 
     /// Zaps `[start, end)` walking through `walk` (any walk-lock token's `pmd_offset`).
-    pub(crate) fn zap_range<'t>(
+    pub(crate) fn zap_range<'m: 't, 't>(
         &self,
         start: u64,
         end: u64,
         reclaim: bool,
-        walk: impl Fn(u64) -> Option<PmdRef<'t, Mmu, InTable>>,
+        walk: impl Fn(u64) -> Option<PmdRef<'m, 't, Mmu, InTable>>,
     ) -> ZapStats {
         let mut stats = ZapStats::default();
         let mut va = start;
@@ -101,7 +97,7 @@ impl Mmu {
     /// split or collapse may change it under us.
     fn zap_pmd(
         &self,
-        pmd: &PmdRef<'_, Mmu, InTable>,
+        pmd: &PmdRef<'_, '_, Mmu, InTable>,
         va: u64,
         next: u64,
         whole: bool,
@@ -147,7 +143,7 @@ impl Mmu {
     /// `zap_pte_range` over `[va, next)` inside one table, then PT_RECLAIM if asked.
     fn zap_ptes(
         &self,
-        pmd: &PmdRef<'_, Mmu, InTable>,
+        pmd: &PmdRef<'_, '_, Mmu, InTable>,
         va: u64,
         next: u64,
         reclaim: bool,
@@ -159,15 +155,10 @@ impl Mmu {
             Err(NoMap::Huge | NoMap::NotPresent | NoMap::Migration) => return false,
             Err(_) => return true,
         };
-        let mut pages = Vec::new();
         let mut a = va;
         while a < next {
-            let old = ptl.ptep_get(a);
-            if !old.is_none() {
-                ptl.ptep_get_and_clear(a);
-                if let Some(pfn) = old.pfn().filter(|_| !old.is_special()) {
-                    pages.push(pfn);
-                }
+            // Each clear drops its page's reference after a grace period.
+            if !ptl.ptep_get_and_clear(a).is_none() {
                 stats.pages += 1;
             }
             a += PAGE_SIZE;
@@ -176,14 +167,13 @@ impl Mmu {
         if empty && self.try_reclaim(pmd, ptl) {
             stats.tables_reclaimed += 1;
         }
-        self.put_pages_deferred(pages);
         true
     }
 
     /// PT_RECLAIM of an empty table whose PTE lock is held.
     fn try_reclaim(
         &self,
-        pmd: &PmdRef<'_, Mmu, InTable>,
+        pmd: &PmdRef<'_, '_, Mmu, InTable>,
         ptl: PteLocked<'_, Mmu, Attached>,
     ) -> bool {
         // Fast path (`try_get_and_clear_pmd`): trylock, since the PTE lock is already held.
@@ -203,7 +193,7 @@ impl Mmu {
     /// (`free_pte` → `tlb_remove_table`, RCU mode).
     fn reclaim_locked(
         &self,
-        pml: PmdLockGuard<'_, Mmu>,
+        pml: PmdLockGuard<'_, '_, Mmu>,
         ptl: PteLocked<'_, Mmu, Attached>,
     ) -> bool {
         let Ok(table) = pmdp_collapse_flush(&pml, ptl) else {

@@ -107,12 +107,23 @@ pub unsafe trait PgtableBackend: Sync {
     /// `table` is protected; `index < ptrs_per_pte()`.
     unsafe fn ptep_get(&self, table: &Self::Table, index: usize, kind: MapKind) -> Self::Pte;
 
-    /// Writes one PTE (`set_pte`).
+    /// Writes one PTE (`set_pte`). A backend may refuse a value it cannot map (the in-memory
+    /// MMU refuses a present entry that does not name a data page in use), and then writes
+    /// nothing.
     ///
     /// # Safety
     /// `table` is protected and the caller holds its PTE lock with the table proven installed,
     /// or owns the table; `index < ptrs_per_pte()`.
-    unsafe fn set_pte(&self, table: &Self::Table, index: usize, pte: Self::Pte, kind: MapKind);
+    ///
+    /// # Errors
+    /// The backend's reason for refusing `pte`.
+    unsafe fn set_pte(
+        &self,
+        table: &Self::Table,
+        index: usize,
+        pte: Self::Pte,
+        kind: MapKind,
+    ) -> Result<(), Error>;
 
     /// Clears one PTE and returns the old value (`ptep_get_and_clear`).
     ///
@@ -138,13 +149,22 @@ pub unsafe trait PgtableBackend: Sync {
     unsafe fn pte_unlock(&self, table: &Self::Table);
 
     /// Takes the PMD lock of the table that holds `slot` (`pmd_lock`).
-    fn pmd_lock(&self, slot: &Self::PmdSlot);
+    ///
+    /// # Safety
+    /// `slot` is one of this backend's slots (as every `InTable` reference's is).
+    unsafe fn pmd_lock(&self, slot: &Self::PmdSlot);
 
     /// Tries to take the PMD lock of `slot` without waiting (`spin_trylock(pmd_lockptr())`).
-    fn pmd_trylock(&self, slot: &Self::PmdSlot) -> bool;
+    ///
+    /// # Safety
+    /// As [`pmd_lock`](Self::pmd_lock).
+    unsafe fn pmd_trylock(&self, slot: &Self::PmdSlot) -> bool;
 
     /// Whether the PMD lock of `a` is also the lock of `b` (both slots in one PMD table).
-    fn same_pmd_lock(&self, a: &Self::PmdSlot, b: &Self::PmdSlot) -> bool;
+    ///
+    /// # Safety
+    /// Both are this backend's slots.
+    unsafe fn same_pmd_lock(&self, a: &Self::PmdSlot, b: &Self::PmdSlot) -> bool;
 
     /// Releases the PMD lock of `slot`.
     ///
@@ -166,11 +186,14 @@ pub unsafe trait PgtableBackend: Sync {
     /// exclusive access to the slot (see [`ExclusiveAccess`](super::ExclusiveAccess)).
     unsafe fn pmdp_collapse_flush(&self, slot: &Self::PmdSlot) -> Self::PmdSnapshot;
 
-    /// Parks a table on the slot (`pgtable_trans_huge_deposit`).
+    /// Parks a table on the slot (`pgtable_trans_huge_deposit`), which holds a huge entry.
+    /// Returns `false`, and keeps nothing, if a table is already deposited there.
     ///
     /// # Safety
-    /// The caller holds the slot's PMD lock and owns `table`, which no walker can reach.
-    unsafe fn pgtable_trans_huge_deposit(&self, slot: &Self::PmdSlot, table: &Self::Table);
+    /// The caller holds the slot's PMD lock and owns `table`, which no walker can reach; on
+    /// `true` the ownership passes to the slot.
+    unsafe fn pgtable_trans_huge_deposit(&self, slot: &Self::PmdSlot, table: &Self::Table)
+    -> bool;
 
     /// Takes a parked table back (`pgtable_trans_huge_withdraw`).
     ///

@@ -5,6 +5,7 @@ use super::lock::PteLocked;
 use super::map::PteMap;
 use super::marker::{Attached, DetachState, Detached, Fresh, InTable, Retired};
 use super::pmd::{PmdLockGuard, PmdRef};
+use super::walk::InstallLock;
 use crate::error::{Error, NoMap, Rejected};
 use crate::rcu::RcuDomain;
 use core::fmt;
@@ -30,14 +31,15 @@ use core::ops::Deref;
 /// let mm = mmu.mmap_read_lock();
 /// let pmd = mm.pmd_alloc(0x60_0000)?;
 /// let data = mmu.alloc_data_frame()?;
-/// // Allocate, fill through an owned map, then publish under the PMD lock.
+/// // Allocate, fill through an owned map, then publish under the PMD lock (and the mmap lock,
+/// // which allows installing: rule I7).
 /// let mut table = DetachedPmd::pte_alloc_one(&mmu)?;
-/// table.pte_offset_map_mut(0x60_0000).set_pte(0x60_0000, Pte::page(data));
+/// table.pte_offset_map_mut(0x60_0000).set_pte(0x60_0000, Pte::page(data.pfn()))?;
 /// let pml = pmd_lock(&pmd);
-/// table.pmd_populate(&pml).map_err(|r| r.error)?;
+/// table.pmd_populate(&mm, &pml).map_err(|r| r.error)?;
 /// drop(pml);
 /// drop(mm);
-/// assert_eq!(mmu.translate(0x60_0000)?, Some(data << 12));
+/// assert_eq!(mmu.translate(0x60_0000)?, Some(data.pfn() << 12));
 /// # Ok::<(), typed_pgtable::Error>(())
 /// ```
 ///
@@ -91,7 +93,7 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
 
     /// A `Detached` reference to the table, for `pte_offset_map` and `pte_offset_map_lock`.
     /// It borrows `self`, so the table cannot be consumed while the reference is in use.
-    pub fn pmd(&self) -> PmdRef<'_, B, Detached> {
+    pub fn pmd(&self) -> PmdRef<'m, '_, B, Detached> {
         PmdRef::from_parts(self.backend, self.pmdval)
     }
 
@@ -107,67 +109,45 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
 
     /// Maps the table for lock-free writes: the holder owns it, so no PTE lock is needed
     /// (`pte_offset_map(&_pmd, haddr)` in `__split_huge_pmd_locked`).
-    ///
-    /// # Panics
-    /// Only if the backend breaks its contract (item 4) by classifying the value that named
-    /// this table as no table.
     pub fn pte_offset_map_mut(&mut self, addr: u64) -> PteMapMut<'_, B> {
-        let pmd = PmdRef::<B, Detached>::from_parts(self.backend, self.pmdval);
-        match PteMap::open(&pmd, addr, MapKind::Owned, false) {
-            Ok(map) => PteMapMut { map },
-            // The value was classified as a table when `self` was made and is never changed.
-            Err(_) => unreachable!("a DetachedPmd always names a table"),
-        }
+        // SAFETY: we own the table (type invariant), so it stays alive while the map borrows
+        // `self` mutably.
+        let map = unsafe {
+            PteMap::from_table(self.backend, self.table, self.pmdval, addr, MapKind::Owned, None)
+        };
+        PteMapMut { map }
     }
 
-    /// Installs the table in the locked slot (`pmd_populate`), publishing every write made
-    /// through [`pte_offset_map_mut`](Self::pte_offset_map_mut).
+    /// Installs the table in the locked slot (`pmd_populate(mm, pmd, pte)`), publishing every
+    /// write made through [`pte_offset_map_mut`](Self::pte_offset_map_mut).
+    ///
+    /// `mm` is the walk lock that allows installing here (rule I7: the mmap lock or a VMA lock
+    /// covering the slot; the rmap lock alone does not compile), `pml` the slot's PMD lock.
     ///
     /// # Errors
-    /// Hands the table back with [`Error::SlotOccupied`] if the slot is not empty, or
-    /// [`Error::WrongMmu`] if the lock belongs to another backend.
-    pub fn pmd_populate(self, pml: &PmdLockGuard<'_, B>) -> Result<(), Rejected<Self>> {
+    /// Hands the table back with [`Error::SlotOccupied`] if the slot is not empty,
+    /// [`Error::WrongMmu`] if the lock belongs to another backend, or
+    /// [`Error::SlotNotCovered`] if `mm` does not cover the slot.
+    pub fn pmd_populate<L: InstallLock<B>>(
+        self,
+        mm: &L,
+        pml: &PmdLockGuard<'_, '_, B>,
+    ) -> Result<(), Rejected<Self>> {
         if !core::ptr::eq(self.backend, pml.backend()) {
             return Err(Rejected {
                 error: Error::WrongMmu,
                 value: self,
             });
         }
-        if !matches!(self.backend.pmd_table(&pml.pmdp_get()), Err(NoMap::None)) {
-            return Err(Rejected {
-                error: Error::SlotOccupied,
-                value: self,
-            });
+        if let Err(error) = mm.allows_install(self.backend, pml.pmd().slot()) {
+            return Err(Rejected { error, value: self });
         }
-        let slot = pml.pmd().slot();
-        let backend = self.backend;
-        let table = self.into_table();
-        // SAFETY: `pml` holds the slot's PMD lock, the slot is none (checked under that lock),
-        // and we owned `table` (type invariant) and give the ownership to the slot.
-        unsafe { backend.pmd_populate(slot, &table) };
-        Ok(())
+        self.populate_locked(&pml.pmd())
     }
 
-    /// Installs the table in the empty slot of `pmd`, whose PMD lock `pml` holds (`pml` may be
-    /// the guard of another slot of the same PMD table: one PMD lock covers the whole table).
-    ///
-    /// # Errors
-    /// Hands the table back with [`Error::WrongMmu`] if `pml` does not hold `pmd`'s lock, or
-    /// [`Error::SlotOccupied`] if the slot is not empty.
-    pub fn pmd_populate_at(
-        self,
-        pml: &PmdLockGuard<'_, B>,
-        pmd: &PmdRef<'_, B, InTable>,
-    ) -> Result<(), Rejected<Self>> {
-        if !core::ptr::eq(self.backend, pml.backend())
-            || !core::ptr::eq(self.backend, pmd.backend())
-            || !self.backend.same_pmd_lock(pml.pmd().slot(), pmd.slot())
-        {
-            return Err(Rejected {
-                error: Error::WrongMmu,
-                value: self,
-            });
-        }
+    /// The end of every populate: the slot's PMD lock is held (by the caller's guard, of the
+    /// same backend). Checks the slot is none, then installs.
+    fn populate_locked(self, pmd: &PmdRef<'_, '_, B, InTable>) -> Result<(), Rejected<Self>> {
         if !matches!(self.backend.pmd_table(&pmd.pmd_val()), Err(NoMap::None)) {
             return Err(Rejected {
                 error: Error::SlotOccupied,
@@ -176,10 +156,62 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
         }
         let backend = self.backend;
         let table = self.into_table();
-        // SAFETY: `pml` holds the PMD lock that covers `pmd`'s slot (checked), the slot is none
-        // (checked under that lock), and we owned the table and give it to the slot.
+        // SAFETY: the caller holds the PMD lock covering the slot (checked by each caller), the
+        // slot is none (checked under that lock), and we owned `table` (type invariant) and
+        // give the ownership to the slot.
         unsafe { backend.pmd_populate(pmd.slot(), &table) };
         Ok(())
+    }
+
+    /// Installs the table in place of a huge pmd that a split of the caller's invalidated and
+    /// cleared under `pml` (`__split_huge_pmd_locked`). Crate-internal: a split runs under any
+    /// walk lock (the kernel splits under the rmap lock too), so it is not an I7 install.
+    #[cfg(feature = "std")]
+    pub(crate) fn pmd_populate_split(
+        self,
+        pml: &PmdLockGuard<'_, '_, B>,
+    ) -> Result<(), Rejected<Self>> {
+        if !core::ptr::eq(self.backend, pml.backend()) {
+            return Err(Rejected {
+                error: Error::WrongMmu,
+                value: self,
+            });
+        }
+        self.populate_locked(&pml.pmd())
+    }
+
+    /// Installs the table in the empty slot of `pmd`, whose PMD lock `pml` holds (`pml` may be
+    /// the guard of another slot of the same PMD table: one PMD lock covers the whole table).
+    /// `mm` allows installing there, as for [`pmd_populate`](Self::pmd_populate).
+    ///
+    /// # Errors
+    /// Hands the table back with [`Error::WrongMmu`] if the locks or `pmd` belong to another
+    /// backend, [`Error::SlotNotCovered`] if `pml` does not hold `pmd`'s lock or `mm` does not
+    /// cover the slot, or [`Error::SlotOccupied`] if the slot is not empty.
+    pub fn pmd_populate_at<L: InstallLock<B>>(
+        self,
+        mm: &L,
+        pml: &PmdLockGuard<'_, '_, B>,
+        pmd: &PmdRef<'_, '_, B, InTable>,
+    ) -> Result<(), Rejected<Self>> {
+        if !core::ptr::eq(self.backend, pml.backend()) || !core::ptr::eq(self.backend, pmd.backend())
+        {
+            return Err(Rejected {
+                error: Error::WrongMmu,
+                value: self,
+            });
+        }
+        // SAFETY: both slots are the backend's (`InTable` invariant; backends compared above).
+        if !unsafe { self.backend.same_pmd_lock(pml.pmd().slot(), pmd.slot()) } {
+            return Err(Rejected {
+                error: Error::SlotNotCovered,
+                value: self,
+            });
+        }
+        if let Err(error) = mm.allows_install(self.backend, pmd.slot()) {
+            return Err(Rejected { error, value: self });
+        }
+        self.populate_locked(pmd)
     }
 
     /// Frees the table after a grace period (`pte_free_defer`): walkers still inside it keep
@@ -217,37 +249,50 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Retired> {
 /// can reach those slots through a walk lock (the `free_pgtables` exclusivity: mmap lock held
 /// for writing, the range's VMAs write-locked and unlinked from the rmap, the range zapped).
 ///
+/// [`pmd_clear_exclusive`] takes the proof by `&mut`, and walks of the holder's own
+/// (`pmd_offset` of the token) borrow it shared: so no `InTable` reference, map or
+/// [`Attached`] lock of a covered slot is alive while a slot is cleared.
+///
 /// # Safety
-/// While a value of the implementing type is alive, no thread other than its holder takes a
-/// walk lock that reaches a slot for which [`covers`](Self::covers) returns `true`, and no
-/// other remover touches such a slot. Lockless (RCU) walkers may still read them.
-pub unsafe trait ExclusiveAccess<B: PgtableBackend> {
-    /// Whether this proof covers `slot`.
-    fn covers(&self, slot: &B::PmdSlot) -> bool;
+/// While a value of the implementing type is alive, no thread takes a walk lock that reaches
+/// a slot [`covered_slot`](Self::covered_slot) returns, other than through shared borrows of
+/// this value on the holder's thread; no other remover touches such a slot; and the value is
+/// neither `Send` nor `Sync`. Lockless (RCU) walkers may still read the slots.
+pub unsafe trait ExclusiveAccess<'m, B: PgtableBackend> {
+    /// The backend whose slots this proof covers.
+    fn backend(&self) -> &'m B;
+
+    /// The slot for `addr`, if this proof covers it (and the upper levels exist): one of
+    /// [`backend`](Self::backend)'s slots, in a PMD table that stays alive while `self` is
+    /// borrowed.
+    ///
+    /// # Errors
+    /// Why the proof does not cover `addr`, e.g. [`Error::OutsideVma`].
+    fn covered_slot(&self, addr: u64) -> Result<Option<&B::PmdSlot>, Error>;
 }
 
-/// Clears a slot without the PTE lock under exclusive access (`pmd_clear` in
+/// Clears the slot for `addr` without the PTE lock under exclusive access (`pmd_clear` in
 /// `free_pte_range`), and takes the table. Lockless walkers may still be inside it, so it is
 /// [`Retired`]: free it with `pte_free_defer` (`tlb_remove_table`).
 ///
 /// # Errors
-/// [`Error::WrongMmu`] if the proof does not cover the slot (or it belongs to another
-/// backend); [`Error::NoTable`] if the slot names no PTE table.
-pub fn pmd_clear_exclusive<'a, B: PgtableBackend, E: ExclusiveAccess<B>>(
-    excl: &E,
-    pmd: &PmdRef<'a, B, InTable>,
-) -> Result<DetachedPmd<'a, B, Retired>, Error> {
-    if !excl.covers(pmd.slot()) {
-        return Err(Error::WrongMmu);
-    }
-    let backend = pmd.backend;
-    backend.pmd_table(&pmd.pmd_val())?;
-    // SAFETY: `excl` proves exclusive access to the slot (nobody else changes it, so it still
-    // names the table classified just above).
-    let old = unsafe { backend.pmdp_collapse_flush(pmd.slot()) };
-    let table = backend
-        .pmd_table(&old)
-        .map_err(|_| Error::NotMapped { addr: 0 })?;
+/// The proof's error if it does not cover `addr`; [`Error::NotMapped`] if the upper levels do
+/// not exist; [`Error::NoTable`] if the slot names no PTE table.
+pub fn pmd_clear_exclusive<'m, B: PgtableBackend, E: ExclusiveAccess<'m, B>>(
+    excl: &mut E,
+    addr: u64,
+) -> Result<DetachedPmd<'m, B, Retired>, Error> {
+    let backend = excl.backend();
+    let slot = excl
+        .covered_slot(addr)?
+        .ok_or(Error::NotMapped { addr })?;
+    backend.pmd_table(&backend.pmdp_get_lockless(slot))?;
+    // SAFETY: `excl` proves exclusive access to the slot, and no reference of the holder's
+    // own into it is alive (we hold `excl` mutably): nobody else changes the slot, so it still
+    // names the table classified just above.
+    let old = unsafe { backend.pmdp_collapse_flush(slot) };
+    // Only a backend that breaks its contract (item 4) classifies the value differently now.
+    let table = backend.pmd_table(&old)?;
     // INVARIANT: the slot no longer names the table, and only we took it out.
     Ok(DetachedPmd {
         backend,
@@ -276,13 +321,17 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
         unsafe { backend.pte_free(&table) }
     }
 
-    /// Parks the table on the locked slot (`pgtable_trans_huge_deposit`).
+    /// Parks the table on the locked slot, which holds a huge pmd (or a huge migration entry)
+    /// with no deposit yet (`pgtable_trans_huge_deposit`): the table a later split fills.
     ///
     /// # Errors
-    /// Hands the table back with [`Error::WrongMmu`] if the lock belongs to another backend.
+    /// Hands the table back with [`Error::WrongMmu`] if the lock belongs to another backend,
+    /// [`Error::TableInTheWay`] if the slot names a PTE table (the deposit would be stranded),
+    /// [`Error::NotMapped`] if it holds no huge entry, or [`Error::SlotOccupied`] if a table
+    /// is already deposited there.
     pub fn pgtable_trans_huge_deposit(
         self,
-        pml: &PmdLockGuard<'_, B>,
+        pml: &PmdLockGuard<'_, '_, B>,
     ) -> Result<(), Rejected<Self>> {
         if !core::ptr::eq(self.backend, pml.backend()) {
             return Err(Rejected {
@@ -290,16 +339,37 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
                 value: self,
             });
         }
+        match self.backend.pmd_table(&pml.pmdp_get()) {
+            Err(NoMap::Huge | NoMap::Migration) => {}
+            Ok(_) => {
+                return Err(Rejected {
+                    error: Error::TableInTheWay { addr: 0 },
+                    value: self,
+                });
+            }
+            Err(_) => {
+                return Err(Rejected {
+                    error: Error::NotMapped { addr: 0 },
+                    value: self,
+                });
+            }
+        }
         let slot = pml.pmd().slot();
-        let backend = self.backend;
-        let table = self.into_table();
         // SAFETY: `pml` holds the slot's PMD lock; the table is owned and unreachable (`Fresh`).
-        unsafe { backend.pgtable_trans_huge_deposit(slot, &table) };
+        if unsafe { !self.backend.pgtable_trans_huge_deposit(slot, &self.table) } {
+            return Err(Rejected {
+                error: Error::SlotOccupied,
+                value: self,
+            });
+        }
+        // The slot owns the table now.
+        let _ = self.into_table();
         Ok(())
     }
 
     /// Takes the table deposited on the locked slot, if any (`pgtable_trans_huge_withdraw`).
-    pub fn pgtable_trans_huge_withdraw(pml: &PmdLockGuard<'m, B>) -> Option<Self> {
+    /// The table is owned for the backend's lifetime `'m`, not the lock's.
+    pub fn pgtable_trans_huge_withdraw(pml: &PmdLockGuard<'m, '_, B>) -> Option<Self> {
         let backend = pml.backend();
         // SAFETY: `pml` holds the slot's PMD lock.
         let table = unsafe { backend.pgtable_trans_huge_withdraw(pml.pmd().slot()) }?;
@@ -319,13 +389,10 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
 /// Hands the lock back if it belongs to another backend ([`Error::WrongMmu`]) or maps another
 /// table than the one in the slot ([`Error::PmdChanged`]).
 ///
-/// # Panics
-/// Only if the backend breaks its contract (items 2 and 4): the slot changed under both locks,
-/// or a value that named a table is classified as none.
-pub fn pmdp_collapse_flush<'a, 't, B: PgtableBackend>(
-    pml: &PmdLockGuard<'a, B>,
+pub fn pmdp_collapse_flush<'m, 't, B: PgtableBackend>(
+    pml: &PmdLockGuard<'m, '_, B>,
     ptl: PteLocked<'t, B, Attached>,
-) -> Result<DetachedPmd<'a, B, Retired>, Rejected<PteLocked<'t, B, Attached>>> {
+) -> Result<DetachedPmd<'m, B, Retired>, Rejected<PteLocked<'t, B, Attached>>> {
     let backend = pml.backend();
     if !core::ptr::eq(backend, ptl.backend()) {
         return Err(Rejected {
@@ -340,14 +407,12 @@ pub fn pmdp_collapse_flush<'a, 't, B: PgtableBackend>(
         });
     }
     let slot = pml.pmd().slot();
+    // The table is the one `ptl` locks: the slot named it under both locks (pmd_same above).
+    let table = ptl.table();
     // SAFETY: we hold the slot's PMD lock (`pml`) and the PTE lock of the table it names
     // (`ptl`, checked with pmd_same under the PMD lock just above).
     let old = unsafe { backend.pmdp_collapse_flush(slot) };
     drop(ptl);
-    let table = match backend.pmd_table(&old) {
-        Ok(t) => t,
-        Err(_) => unreachable!("the slot named a table under both locks"),
-    };
     // INVARIANT: the slot no longer names the table, and only we took it out.
     Ok(DetachedPmd {
         backend,
@@ -383,12 +448,18 @@ pub struct PteMapMut<'o, B: PgtableBackend> {
 
 impl<B: PgtableBackend> PteMapMut<'_, B> {
     /// Writes the PTE for `addr`.
-    pub fn set_pte(&self, addr: u64, pte: B::Pte) {
+    ///
+    /// # Errors
+    /// The backend's refusal of `pte`; nothing is written then.
+    pub fn set_pte(&self, addr: u64, pte: B::Pte) -> Result<(), Error> {
         self.map.set_index(self.map.backend.pte_index(addr), pte)
     }
 
     /// Writes the PTE at `index` (modulo the table size).
-    pub fn set_pte_index(&self, index: usize, pte: B::Pte) {
+    ///
+    /// # Errors
+    /// As [`set_pte`](Self::set_pte).
+    pub fn set_pte_index(&self, index: usize, pte: B::Pte) -> Result<(), Error> {
         self.map.set_index(index, pte)
     }
 

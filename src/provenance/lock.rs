@@ -57,7 +57,11 @@ impl<'a, B: PgtableBackend, A: Access> PteLocked<'a, B, A> {
     }
 
     /// Writes the PTE for `addr` (`set_pte_at`). Only in a writing state.
-    pub fn set_pte(&self, addr: u64, pte: B::Pte)
+    ///
+    /// # Errors
+    /// The backend's refusal of `pte` (the in-memory MMU: [`Error::NotADataPage`]); nothing
+    /// is written then.
+    pub fn set_pte(&self, addr: u64, pte: B::Pte) -> Result<(), Error>
     where
         A: CanWrite,
     {
@@ -74,7 +78,10 @@ impl<'a, B: PgtableBackend, A: Access> PteLocked<'a, B, A> {
     }
 
     /// Writes the PTE at `index` (modulo the table size). Only in a writing state.
-    pub fn set_pte_index(&self, index: usize, pte: B::Pte)
+    ///
+    /// # Errors
+    /// As [`set_pte`](Self::set_pte).
+    pub fn set_pte_index(&self, index: usize, pte: B::Pte) -> Result<(), Error>
     where
         A: CanWrite,
     {
@@ -95,7 +102,7 @@ impl<'a, B: PgtableBackend> PteLocked<'a, B, Unverified> {
     /// while the walk lock keeps removers that work by exclusivity (`free_pgtables`) away.
     pub fn revalidate<'b>(
         self,
-        pmd: &PmdRef<'b, B, InTable>,
+        pmd: &PmdRef<'_, 'b, B, InTable>,
     ) -> Result<PteLocked<'b, B, Attached>, Rejected<Self>>
     where
         'a: 'b,
@@ -168,7 +175,7 @@ impl<B: PgtableBackend, A: Access> fmt::Debug for PteLocked<'_, B, A> {
 /// # Ok::<(), typed_pgtable::Error>(())
 /// ```
 pub fn pte_offset_map_lock<'a, B, P>(
-    pmd: &PmdRef<'a, B, P>,
+    pmd: &PmdRef<'_, 'a, B, P>,
     addr: u64,
 ) -> Result<PteLocked<'a, B, P::LockAccess>, NoMap>
 where
@@ -234,7 +241,7 @@ impl<B: PgtableBackend> fmt::Debug for PteRoNolock<'_, B> {
 /// # Errors
 /// A [`NoMap`] when there is no table behind the pmd.
 pub fn pte_offset_map_ro_nolock<'a, B: PgtableBackend>(
-    pmd: &PmdRef<'a, B, InTable>,
+    pmd: &PmdRef<'_, 'a, B, InTable>,
     addr: u64,
 ) -> Result<PteRoNolock<'a, B>, NoMap> {
     Ok(PteRoNolock {
@@ -291,7 +298,7 @@ impl<B: PgtableBackend> fmt::Debug for PteRwNolock<'_, B> {
 /// # Errors
 /// A [`NoMap`] when there is no table behind the pmd.
 pub fn pte_offset_map_rw_nolock<'a, B: PgtableBackend>(
-    pmd: &PmdRef<'a, B, InTable>,
+    pmd: &PmdRef<'_, 'a, B, InTable>,
     addr: u64,
 ) -> Result<PteRwNolock<'a, B>, NoMap> {
     Ok(PteRwNolock {

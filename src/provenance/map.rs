@@ -3,10 +3,9 @@
 use super::backend::{MapKind, PgtableBackend};
 use super::marker::{Provenance, ProvesProtection, Unprotected};
 use super::pmd::PmdRef;
-use crate::error::NoMap;
+use crate::error::{Error, NoMap};
 use crate::rcu::{RcuDomain, RcuGuard};
 use core::fmt;
-use core::marker::PhantomData;
 
 /// A mapped PTE table, read-only (`pte_t *` from `pte_offset_map`).
 ///
@@ -25,15 +24,15 @@ pub struct PteMap<'a, B: PgtableBackend> {
     pub(crate) pmdval: B::PmdSnapshot,
     pub(crate) kind: MapKind,
     addr: u64,
+    /// The read section; also what makes every map `!Send` and `!Sync`, owned maps included.
     _rcu: Option<RcuGuard<'a, B::Rcu>>,
-    _not_send: PhantomData<*const ()>,
 }
 
 impl<'a, B: PgtableBackend> PteMap<'a, B> {
     /// Opens the map for the value of `pmd`, in the kernel's order: RCU first, then one read
     /// of the pmd, then classification of that snapshot.
     pub(crate) fn open<P: Provenance>(
-        pmd: &PmdRef<'a, B, P>,
+        pmd: &PmdRef<'_, 'a, B, P>,
         addr: u64,
         kind: MapKind,
         rcu: bool,
@@ -50,16 +49,33 @@ impl<'a, B: PgtableBackend> PteMap<'a, B> {
         // the section opened before the read; case 2: the caller's older section covers 'a;
         // case 1: the caller owns it). For `Unprotected` the caller of the unsafe entry point
         // promised protection; `kind` tells the backend which one this is.
+        Ok(unsafe { Self::from_table(backend, table, pmdval, addr, kind, guard) })
+    }
+
+    /// Maps `table`, classified from `pmdval`.
+    ///
+    /// # Safety
+    /// `table` is protected (see [`PgtableBackend`]) for `'a`: by `rcu` if given, otherwise by
+    /// the caller's ownership (or, for [`MapKind::Unprotected`], the unsafe caller's promise).
+    pub(crate) unsafe fn from_table(
+        backend: &'a B,
+        table: B::Table,
+        pmdval: B::PmdSnapshot,
+        addr: u64,
+        kind: MapKind,
+        rcu: Option<RcuGuard<'a, B::Rcu>>,
+    ) -> Self {
+        // SAFETY: the caller promises protection for as long as the map lives.
         unsafe { backend.pte_map(&table, kind) };
-        Ok(PteMap {
+        // INVARIANT: as promised by the caller.
+        PteMap {
             backend,
             table,
             pmdval,
             kind,
             addr,
-            _rcu: guard,
-            _not_send: PhantomData,
-        })
+            _rcu: rcu,
+        }
     }
 
     fn index(&self, addr: u64) -> usize {
@@ -110,7 +126,7 @@ impl<'a, B: PgtableBackend> PteMap<'a, B> {
         self.backend
     }
 
-    pub(crate) fn set_index(&self, index: usize, pte: B::Pte) {
+    pub(crate) fn set_index(&self, index: usize, pte: B::Pte) -> Result<(), Error> {
         let index = index % self.backend.ptrs_per_pte();
         // SAFETY: only called by write-capable states (`PteLocked<CanWrite>`, `PteMapMut`),
         // which hold the PTE lock with the table proven installed, or own the table.
@@ -172,7 +188,10 @@ impl<B: PgtableBackend> fmt::Debug for PteMap<'_, B> {
 /// let raw = PmdRef::unprotected(&mmu, value);
 /// let _ = pte_offset_map(&raw, 0); // `Unprotected` does not prove protection
 /// ```
-pub fn pte_offset_map<'a, B, P>(pmd: &PmdRef<'a, B, P>, addr: u64) -> Result<PteMap<'a, B>, NoMap>
+pub fn pte_offset_map<'a, B, P>(
+    pmd: &PmdRef<'_, 'a, B, P>,
+    addr: u64,
+) -> Result<PteMap<'a, B>, NoMap>
 where
     B: PgtableBackend,
     P: ProvesProtection,
@@ -207,7 +226,7 @@ where
 /// # Ok::<(), typed_pgtable::Error>(())
 /// ```
 pub unsafe fn pte_offset_map_unprotected<'a, B: PgtableBackend>(
-    pmd: &PmdRef<'a, B, Unprotected>,
+    pmd: &PmdRef<'_, 'a, B, Unprotected>,
     addr: u64,
 ) -> Result<PteMap<'a, B>, NoMap> {
     PteMap::open(pmd, addr, MapKind::Unprotected, false)

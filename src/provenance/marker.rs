@@ -1,6 +1,7 @@
 //! The provenance markers and the sealed traits that bound the map functions.
 
 use super::backend::PgtableBackend;
+use crate::bound::RcuBound;
 use core::marker::PhantomData;
 
 pub(crate) mod sealed {
@@ -12,7 +13,7 @@ pub(crate) mod sealed {
 /// Provenance of a pmd slot that lives inside a page table reached under a walk lock (case 3).
 ///
 /// `pte_offset_map` opens its own RCU read section *before* it reads the slot, so the table it
-/// finds cannot be freed while the map lives. A `PmdRef<'a, _, InTable>` borrows the walk-lock
+/// finds cannot be freed while the map lives. A `PmdRef<'_, 'a, _, InTable>` borrows the walk-lock
 /// token for `'a` (an mmap read guard, for instance) and cannot outlive it.
 ///
 /// Zero-sized; cannot be built outside this crate.
@@ -23,7 +24,7 @@ pub struct InTable {
 
 /// Provenance of a pmd value naming a table its holder detached or withdrew (case 1).
 ///
-/// The holder owns the table, so nobody else frees it. A `PmdRef<'_, _, Detached>` borrows the
+/// The holder owns the table, so nobody else frees it. A `PmdRef<'_, '_, _, Detached>` borrows the
 /// [`DetachedPmd`](super::DetachedPmd) that owns the table.
 ///
 /// Zero-sized; cannot be built outside this crate.
@@ -42,7 +43,8 @@ pub struct Detached {
 /// Zero-sized; cannot be built outside this crate.
 #[derive(Debug, Clone, Copy)]
 pub struct CopiedUnderRcu<'g> {
-    _priv: PhantomData<(&'g (), *const ())>,
+    _section: PhantomData<&'g ()>,
+    _not_send: RcuBound,
 }
 
 /// Provenance of a pmd value with **no** proof: read after its guard ended, built from raw bits,
@@ -66,10 +68,7 @@ pub trait Provenance: sealed::Sealed + Sized {
     /// Reads the pmd value once. For `InTable` this reads the live slot; call it only after the
     /// RCU section that protects the result is open.
     #[doc(hidden)]
-    fn read<'a, B: PgtableBackend + 'a>(
-        backend: &'a B,
-        src: &Self::Source<'a, B>,
-    ) -> B::PmdSnapshot;
+    fn read<'a, B: PgtableBackend + 'a>(backend: &B, src: &Self::Source<'a, B>) -> B::PmdSnapshot;
 
     /// The live slot that `pte_offset_map_lock` rechecks with `pmd_same`, if this provenance
     /// has one whose recheck proves attachment.
@@ -105,7 +104,7 @@ impl sealed::Sealed for Unprotected {}
 
 impl Provenance for InTable {
     type Source<'a, B: PgtableBackend + 'a> = &'a B::PmdSlot;
-    fn read<'a, B: PgtableBackend + 'a>(backend: &'a B, src: &&'a B::PmdSlot) -> B::PmdSnapshot {
+    fn read<'a, B: PgtableBackend + 'a>(backend: &B, src: &&'a B::PmdSlot) -> B::PmdSnapshot {
         backend.pmdp_get_lockless(src)
     }
     fn recheck_slot<'a, B: PgtableBackend + 'a>(src: &&'a B::PmdSlot) -> Option<&'a B::PmdSlot> {
@@ -129,7 +128,7 @@ impl<B: PgtableBackend> Copy for CopiedSource<'_, B> {}
 
 impl Provenance for CopiedUnderRcu<'_> {
     type Source<'a, B: PgtableBackend + 'a> = CopiedSource<'a, B>;
-    fn read<'a, B: PgtableBackend + 'a>(_: &'a B, src: &CopiedSource<'a, B>) -> B::PmdSnapshot {
+    fn read<'a, B: PgtableBackend + 'a>(_: &B, src: &CopiedSource<'a, B>) -> B::PmdSnapshot {
         src.value
     }
     fn recheck_slot<'a, B: PgtableBackend + 'a>(_: &CopiedSource<'a, B>) -> Option<&'a B::PmdSlot> {
@@ -139,7 +138,7 @@ impl Provenance for CopiedUnderRcu<'_> {
 
 impl Provenance for Detached {
     type Source<'a, B: PgtableBackend + 'a> = B::PmdSnapshot;
-    fn read<'a, B: PgtableBackend + 'a>(_: &'a B, src: &B::PmdSnapshot) -> B::PmdSnapshot {
+    fn read<'a, B: PgtableBackend + 'a>(_: &B, src: &B::PmdSnapshot) -> B::PmdSnapshot {
         *src
     }
     fn recheck_slot<'a, B: PgtableBackend + 'a>(_: &B::PmdSnapshot) -> Option<&'a B::PmdSlot> {
@@ -149,7 +148,7 @@ impl Provenance for Detached {
 
 impl Provenance for Unprotected {
     type Source<'a, B: PgtableBackend + 'a> = B::PmdSnapshot;
-    fn read<'a, B: PgtableBackend + 'a>(_: &'a B, src: &B::PmdSnapshot) -> B::PmdSnapshot {
+    fn read<'a, B: PgtableBackend + 'a>(_: &B, src: &B::PmdSnapshot) -> B::PmdSnapshot {
         *src
     }
     fn recheck_slot<'a, B: PgtableBackend + 'a>(_: &B::PmdSnapshot) -> Option<&'a B::PmdSlot> {

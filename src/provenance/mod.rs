@@ -53,6 +53,7 @@ mod lock;
 mod map;
 mod marker;
 mod pmd;
+mod walk;
 
 pub use backend::{MapKind, PgtableBackend};
 pub use detached::{
@@ -70,6 +71,7 @@ pub use marker::{
     Provenance, ProvesProtection, ReadOnly, Retired, Unprotected, Unverified,
 };
 pub use pmd::{PmdLockGuard, PmdRef, pmd_lock, pmd_trylock, pmdp_get_lockless};
+pub use walk::InstallLock;
 
 static_assertions::assert_eq_size!(InTable, ());
 static_assertions::assert_eq_size!(Detached, ());

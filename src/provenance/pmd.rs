@@ -2,12 +2,21 @@
 
 use super::backend::PgtableBackend;
 use super::marker::{CopiedSource, CopiedUnderRcu, InTable, Provenance, Unprotected};
+use crate::bound::SpinBound;
 use crate::error::Error;
 use crate::rcu::RcuGuard;
 use core::fmt;
 use core::marker::PhantomData;
 
 /// A reference to a pmd, tagged with how it is protected.
+///
+/// Two lifetimes: `'m` is the backend's (the MMU's), `'a` the proof's (the walk lock borrowed
+/// for `InTable`, the read section for `CopiedUnderRcu<'a>`, the owner borrowed for
+/// `Detached`). Maps and locks made from the reference live at most `'a`; a table detached
+/// through it ([`pmdp_collapse_flush`](super::pmdp_collapse_flush),
+/// [`pgtable_trans_huge_withdraw`](super::DetachedPmd::pgtable_trans_huge_withdraw)) is owned
+/// for `'m`, so it can outlive the locks it was detached under, as in the kernel, which drops
+/// them before it frees the table.
 ///
 /// | `P` | stores | size (64-bit, in-memory MMU) | made by |
 /// |---|---|---|---|
@@ -22,25 +31,26 @@ use core::marker::PhantomData;
 ///
 /// # Invariants
 ///
-/// For `InTable`, the slot lives in a PMD table that stays attached and alive for `'a`. For
-/// `CopiedUnderRcu<'g>`, the value was read from the slot inside a read section of the
-/// backend's RCU domain that lasts for `'g` (and `'a` is no longer than `'g`). For `Detached`,
-/// the value names a table owned by the `DetachedPmd` borrowed for `'a`.
-pub struct PmdRef<'a, B: PgtableBackend, P: Provenance> {
-    pub(crate) backend: &'a B,
+/// For `InTable`, the slot is one of `backend`'s and lives in a PMD table that stays
+/// attached and alive for `'a`. For `CopiedUnderRcu<'g>`, the value was read from one of
+/// `backend`'s slots inside a read section of the backend's RCU domain that lasts for `'g`
+/// (and `'a` is no longer than `'g`). For `Detached`, the value names a table owned by the
+/// `DetachedPmd` borrowed for `'a`. Always `'m: 'a`.
+pub struct PmdRef<'m, 'a, B: PgtableBackend, P: Provenance> {
+    pub(crate) backend: &'m B,
     pub(crate) src: P::Source<'a, B>,
-    _p: PhantomData<P>,
+    _p: PhantomData<(P, &'a &'m ())>,
 }
 
-impl<B: PgtableBackend, P: Provenance> Clone for PmdRef<'_, B, P> {
+impl<B: PgtableBackend, P: Provenance> Clone for PmdRef<'_, '_, B, P> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<B: PgtableBackend, P: Provenance> Copy for PmdRef<'_, B, P> {}
+impl<B: PgtableBackend, P: Provenance> Copy for PmdRef<'_, '_, B, P> {}
 
-impl<'a, B: PgtableBackend, P: Provenance> PmdRef<'a, B, P> {
-    pub(crate) fn from_parts(backend: &'a B, src: P::Source<'a, B>) -> Self {
+impl<'m, 'a, B: PgtableBackend, P: Provenance> PmdRef<'m, 'a, B, P> {
+    pub(crate) fn from_parts(backend: &'m B, src: P::Source<'a, B>) -> Self {
         PmdRef {
             backend,
             src,
@@ -49,7 +59,7 @@ impl<'a, B: PgtableBackend, P: Provenance> PmdRef<'a, B, P> {
     }
 
     /// The backend this pmd belongs to.
-    pub fn backend(&self) -> &'a B {
+    pub fn backend(&self) -> &'m B {
         self.backend
     }
 
@@ -61,19 +71,19 @@ impl<'a, B: PgtableBackend, P: Provenance> PmdRef<'a, B, P> {
     }
 
     /// The same value without its proof (for printing or comparison).
-    pub fn forget_protection(&self) -> PmdRef<'a, B, Unprotected> {
+    pub fn forget_protection(&self) -> PmdRef<'m, 'a, B, Unprotected> {
         PmdRef::from_parts(self.backend, self.pmd_val())
     }
 }
 
-impl<'a, B: PgtableBackend> PmdRef<'a, B, InTable> {
+impl<'m, 'a, B: PgtableBackend> PmdRef<'m, 'a, B, InTable> {
     /// Tags a slot as `InTable`.
     ///
     /// # Safety
-    /// `slot` lies in a PMD table of `backend` that stays attached to the tree and alive for
-    /// `'a`: the caller holds a walk lock (mmap, VMA or rmap lock) for `'a` that excludes
-    /// every path that frees PMD tables.
-    pub unsafe fn from_slot(backend: &'a B, slot: &'a B::PmdSlot) -> Self {
+    /// `slot` is one of `backend`'s and lies in a PMD table that stays attached to the tree and
+    /// alive for `'a`: the caller holds a walk lock (mmap, VMA or rmap lock) for `'a` that
+    /// excludes every path that frees PMD tables.
+    pub unsafe fn from_slot(backend: &'m B, slot: &'a B::PmdSlot) -> Self {
         // INVARIANT: the caller promises the slot's table is stable for 'a.
         PmdRef::from_parts(backend, slot)
     }
@@ -84,13 +94,13 @@ impl<'a, B: PgtableBackend> PmdRef<'a, B, InTable> {
     }
 }
 
-impl<'g, B: PgtableBackend> PmdRef<'g, B, CopiedUnderRcu<'g>> {
+impl<'m, 'g, B: PgtableBackend> PmdRef<'m, 'g, B, CopiedUnderRcu<'g>> {
     /// Tags a value copied from `slot` as `CopiedUnderRcu<'g>`.
     ///
     /// # Safety
-    /// `value` was read from `slot` inside a read section of `backend.rcu()` that lasts at least
-    /// for `'g`, and `slot` stays readable for `'g`.
-    pub unsafe fn from_copy(backend: &'g B, slot: &'g B::PmdSlot, value: B::PmdSnapshot) -> Self {
+    /// `slot` is one of `backend`'s, `value` was read from it inside a read section of
+    /// `backend.rcu()` that lasts at least for `'g`, and `slot` stays readable for `'g`.
+    pub unsafe fn from_copy(backend: &'m B, slot: &'g B::PmdSlot, value: B::PmdSnapshot) -> Self {
         // INVARIANT: the caller promises the section covers 'g.
         PmdRef::from_parts(backend, CopiedSource { value, slot })
     }
@@ -104,14 +114,14 @@ impl<'g, B: PgtableBackend> PmdRef<'g, B, CopiedUnderRcu<'g>> {
     }
 }
 
-impl<'a, B: PgtableBackend> PmdRef<'a, B, Unprotected> {
+impl<'m, B: PgtableBackend> PmdRef<'m, 'm, B, Unprotected> {
     /// Wraps a pmd value with no proof at all. `pte_offset_map` refuses it.
-    pub fn unprotected(backend: &'a B, value: B::PmdSnapshot) -> Self {
+    pub fn unprotected(backend: &'m B, value: B::PmdSnapshot) -> Self {
         PmdRef::from_parts(backend, value)
     }
 }
 
-impl<B: PgtableBackend, P: Provenance> fmt::Debug for PmdRef<'_, B, P> {
+impl<B: PgtableBackend, P: Provenance> fmt::Debug for PmdRef<'_, '_, B, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PmdRef")
             .field("provenance", &core::any::type_name::<P>())
@@ -142,10 +152,10 @@ impl<B: PgtableBackend, P: Provenance> fmt::Debug for PmdRef<'_, B, P> {
 /// assert!(map.ptep_get(0x20_0000).is_present());
 /// # Ok::<(), typed_pgtable::Error>(())
 /// ```
-pub fn pmdp_get_lockless<'a: 'g, 'g, B: PgtableBackend>(
-    pmd: &PmdRef<'a, B, InTable>,
+pub fn pmdp_get_lockless<'m, 'a: 'g, 'g, B: PgtableBackend>(
+    pmd: &PmdRef<'m, 'a, B, InTable>,
     guard: &'g RcuGuard<'_, B::Rcu>,
-) -> Result<PmdRef<'g, B, CopiedUnderRcu<'g>>, Error> {
+) -> Result<PmdRef<'m, 'g, B, CopiedUnderRcu<'g>>, Error> {
     if !core::ptr::eq(guard.domain(), pmd.backend.rcu()) {
         return Err(Error::WrongMmu);
     }
@@ -163,14 +173,17 @@ pub fn pmdp_get_lockless<'a: 'g, 'g, B: PgtableBackend>(
 /// # Invariants
 /// The backend's PMD lock for `pmd`'s slot is held by this thread until the guard drops.
 #[must_use = "the PMD lock is released as soon as the guard is dropped"]
-pub struct PmdLockGuard<'a, B: PgtableBackend> {
-    pmd: PmdRef<'a, B, InTable>,
-    _not_send: PhantomData<*const ()>,
+pub struct PmdLockGuard<'m, 'a, B: PgtableBackend> {
+    pmd: PmdRef<'m, 'a, B, InTable>,
+    _not_send: SpinBound,
 }
 
 /// Takes the PMD lock of an in-table slot (`pmd_lock`).
-pub fn pmd_lock<'a, B: PgtableBackend>(pmd: &PmdRef<'a, B, InTable>) -> PmdLockGuard<'a, B> {
-    pmd.backend.pmd_lock(pmd.src);
+pub fn pmd_lock<'m, 'a, B: PgtableBackend>(
+    pmd: &PmdRef<'m, 'a, B, InTable>,
+) -> PmdLockGuard<'m, 'a, B> {
+    // SAFETY: an `InTable` slot is one of the backend's (type invariant of `PmdRef`).
+    unsafe { pmd.backend.pmd_lock(pmd.src) };
     // INVARIANT: the lock was just taken.
     PmdLockGuard {
         pmd: *pmd,
@@ -180,19 +193,21 @@ pub fn pmd_lock<'a, B: PgtableBackend>(pmd: &PmdRef<'a, B, InTable>) -> PmdLockG
 
 /// Tries to take the PMD lock without waiting (`spin_trylock`). Used where the lock order is
 /// inverted (PT_RECLAIM takes the PMD lock while holding a PTE lock), which must never block.
-pub fn pmd_trylock<'a, B: PgtableBackend>(
-    pmd: &PmdRef<'a, B, InTable>,
-) -> Option<PmdLockGuard<'a, B>> {
+pub fn pmd_trylock<'m, 'a, B: PgtableBackend>(
+    pmd: &PmdRef<'m, 'a, B, InTable>,
+) -> Option<PmdLockGuard<'m, 'a, B>> {
+    // SAFETY: an `InTable` slot is one of the backend's (type invariant of `PmdRef`).
+    let taken = unsafe { pmd.backend.pmd_trylock(pmd.src) };
     // INVARIANT: the guard exists only if the lock was taken.
-    pmd.backend.pmd_trylock(pmd.src).then_some(PmdLockGuard {
+    taken.then_some(PmdLockGuard {
         pmd: *pmd,
         _not_send: PhantomData,
     })
 }
 
-impl<'a, B: PgtableBackend> PmdLockGuard<'a, B> {
+impl<'m, 'a, B: PgtableBackend> PmdLockGuard<'m, 'a, B> {
     /// The locked slot.
-    pub fn pmd(&self) -> PmdRef<'a, B, InTable> {
+    pub fn pmd(&self) -> PmdRef<'m, 'a, B, InTable> {
         self.pmd
     }
 
@@ -202,19 +217,19 @@ impl<'a, B: PgtableBackend> PmdLockGuard<'a, B> {
     }
 
     /// The backend.
-    pub fn backend(&self) -> &'a B {
+    pub fn backend(&self) -> &'m B {
         self.pmd.backend
     }
 }
 
-impl<B: PgtableBackend> Drop for PmdLockGuard<'_, B> {
+impl<B: PgtableBackend> Drop for PmdLockGuard<'_, '_, B> {
     fn drop(&mut self) {
         // SAFETY: by the type invariant this guard holds the lock.
         unsafe { self.pmd.backend.pmd_unlock(self.pmd.src) }
     }
 }
 
-impl<B: PgtableBackend> fmt::Debug for PmdLockGuard<'_, B> {
+impl<B: PgtableBackend> fmt::Debug for PmdLockGuard<'_, '_, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PmdLockGuard")
             .field("pmd", &self.pmd)

@@ -12,6 +12,8 @@
 //! reference is never released from inside a handle's drop.
 
 use super::{RcuCallback, RcuDomain};
+use crate::bound::{OnItsThread, RcuBound};
+use core::marker::PhantomData;
 use crossbeam_epoch::{Collector, Guard, LocalHandle};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,6 +51,21 @@ struct Counters {
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One open read section of an [`EpochRcu`] domain (its [`RcuDomain::ReadState`]): a pin of
+/// the domain's collector, ended when dropped. `!Send` and `!Sync`: the section belongs to the
+/// thread that opened it.
+pub struct EpochSection {
+    // INVARIANT: `OnItsThread`'s: this struct is `!Send`/`!Sync` through `_not_send`.
+    _pin: OnItsThread<Guard>,
+    _not_send: RcuBound,
+}
+
+impl core::fmt::Debug for EpochSection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("EpochSection").finish_non_exhaustive()
+    }
+}
 
 /// (domain id, liveness of the domain, the handle, a collector clone dropped after the handle).
 type HandleCache = RefCell<Vec<(u64, Weak<()>, LocalHandle, Collector)>>;
@@ -146,10 +163,13 @@ impl core::fmt::Debug for EpochRcu {
 // behind everything before them; callbacks are flushed to the FIFO global queue at once and the
 // queue is drained in order, so the marker runs last.
 unsafe impl RcuDomain for EpochRcu {
-    type ReadState = Guard;
+    type ReadState = EpochSection;
 
-    fn read_lock_raw(&self) -> Guard {
-        self.pin()
+    fn read_lock_raw(&self) -> EpochSection {
+        EpochSection {
+            _pin: OnItsThread(self.pin()),
+            _not_send: PhantomData,
+        }
     }
 
     fn call_rcu(&self, f: RcuCallback) {

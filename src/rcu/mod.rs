@@ -38,6 +38,7 @@
 //! assert!(freed.load(Ordering::Acquire));
 //! ```
 
+use crate::bound::RcuBound;
 use alloc::boxed::Box;
 use core::fmt;
 use core::marker::PhantomData;
@@ -45,7 +46,7 @@ use core::marker::PhantomData;
 #[cfg(feature = "std")]
 mod epoch;
 #[cfg(feature = "std")]
-pub use epoch::{EpochRcu, EpochStats};
+pub use epoch::{EpochRcu, EpochSection, EpochStats};
 #[doc(hidden)]
 pub mod tiny;
 
@@ -107,7 +108,7 @@ pub unsafe trait RcuDomain: Sync {
 pub struct RcuGuard<'d, D: RcuDomain> {
     domain: &'d D,
     _state: D::ReadState,
-    _not_send: PhantomData<*const ()>,
+    _not_send: RcuBound,
 }
 
 impl<'d, D: RcuDomain> RcuGuard<'d, D> {
