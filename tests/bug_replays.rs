@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::SeqCst, fence
 use std::sync::{Mutex, MutexGuard, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
-use typed_pgtable::mmu::{FrameKind, Mmu, MmuConfig, PAGE_SIZE, PMD_SIZE, PmdKind, VmaKind};
+use typed_pgtable::mmu::{
+    FrameKind, Mmu, MmuConfig, PAGE_SIZE, PMD_SIZE, PageRef, PmdKind, VmaKind,
+};
 use typed_pgtable::provenance::pte_offset_map;
 
 /// How long each concurrent run lasts at least.
@@ -251,7 +253,11 @@ mod b1_gup_fast_vs_collapse {
     /// table back) if one is pinned, else commit: the table goes (`pte_free_defer`) and the
     /// pages are replaced. `marks[pfn]` publishes each page's state to the pinners; a committed
     /// page stays marked (and allocated, so its frame is not reused) until [`release`].
-    fn collapse_unless_pinned(mmu: &Mmu, pages: &[u64], marks: &[AtomicU8]) -> bool {
+    fn collapse_unless_pinned<'m>(
+        mmu: &'m Mmu,
+        pages: &[u64],
+        marks: &[AtomicU8],
+    ) -> Option<Vec<PageRef<'m>>> {
         let mm = mmu.mmap_read_lock();
         let pmd = mm.pmd_offset(BASE).unwrap().expect("upper levels exist");
         let pml = pmd_lock(&pmd);
@@ -267,24 +273,28 @@ mod b1_gup_fast_vs_collapse {
             }
             // The failure path: re-install the same table.
             table.pmd_populate(&mm, &pml).map_err(|r| r.error).unwrap();
-            return false;
+            return None;
         }
         for &p in pages {
             marks[p as usize].store(COMMITTED, SeqCst);
         }
+        // Keep the pages (the freed table's entries drop theirs) so no frame is reused.
+        let kept = pages
+            .iter()
+            .map(|&p| mmu.try_get_page(p).expect("mapped in the detached table"))
+            .collect();
         drop(pml);
         table.pte_free_defer();
-        true
+        Some(kept)
     }
 
     /// Drops the pages of committed collapses once every pinner that could still be judging a
     /// pin of them has left its RCU section.
-    fn release(mmu: &Mmu, collapsed: &mut Vec<u64>, marks: &[AtomicU8]) {
+    fn release(mmu: &Mmu, collapsed: &mut Vec<PageRef<'_>>, marks: &[AtomicU8]) {
         mmu.rcu_barrier();
         for p in collapsed.drain(..) {
-            marks[p as usize].store(IDLE, SeqCst);
-            // SAFETY: the test gives up a reference that the injected entry no longer holds.
-            unsafe { mmu.put_page(p) };
+            marks[p.pfn() as usize].store(IDLE, SeqCst);
+            drop(p);
         }
     }
 
@@ -310,15 +320,18 @@ mod b1_gup_fast_vs_collapse {
                         .collect();
                     // Let the pinners work on the installed table.
                     wait_for_progress(&pins, pins.load(SeqCst));
-                    while !collapse_unless_pinned(&mmu, &pages, &marks) {
+                    let kept = loop {
+                        if let Some(kept) = collapse_unless_pinned(&mmu, &pages, &marks) {
+                            break kept;
+                        }
                         aborts.fetch_add(1, SeqCst);
                         if stop.load(SeqCst) {
                             break 'run;
                         }
                         thread::yield_now();
-                    }
+                    };
                     commits.fetch_add(1, SeqCst);
-                    collapsed.extend(pages);
+                    collapsed.extend(kept);
                     if collapsed.len() >= 64 {
                         release(&mmu, &mut collapsed, &marks);
                     }
@@ -959,8 +972,7 @@ mod b7_split_invalidates_migration_entry {
         // The split, before the fix, on arm64: pmdp_invalidate() of the migration entry leaves
         // it looking present.
         // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
-        unsafe { mmu.inject_pmd(BASE, migration_entry(head) | PRESENT) }
-            .unwrap();
+        unsafe { mmu.inject_pmd(BASE, migration_entry(head) | PRESENT) }.unwrap();
         {
             let guard = mmu.rcu_read_lock();
             let copy = mmu.pmd_copy_lockless(&guard, BASE).unwrap().unwrap();
@@ -1039,8 +1051,7 @@ mod b7_split_invalidates_migration_entry {
                     for _ in 0..16 {
                         mmu.map_huge_zero(BASE).unwrap();
                         // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
-                        unsafe { mmu.inject_pmd(BASE, migration_entry(migrating.pfn())) }
-                            .unwrap();
+                        unsafe { mmu.inject_pmd(BASE, migration_entry(migrating.pfn())) }.unwrap();
                         assert_eq!(
                             mmu.split_huge_pmd(VA).unwrap(),
                             SplitOutcome::MigrationSplit
@@ -1287,8 +1298,8 @@ mod b10_recheck_pmd_state {
         drop(vma);
         assert_eq!(mmu.translate(VA).unwrap(), None, "the write is lost");
         mmu.rcu_barrier();
-        // Our reference and the lost entry's: the page is mapped nowhere, and leaks.
-        assert_eq!(mmu.page_refs(page.pfn()), 2, "the page is mapped nowhere");
+        // Only our reference: the lost entry's went with the reclaimed table.
+        assert_eq!(mmu.page_refs(page.pfn()), 1, "the page is mapped nowhere");
         assert_eq!(mmu.audit().violations(), 0);
         // The slot is empty; a new walk finds no table rather than the stale one.
         let mm = mmu.mmap_read_lock();

@@ -187,7 +187,8 @@ fn locked_step(pmd: Option<PmdRef<'_, '_, Mmu, InTable>>, va: u64, c: &Counts) -
         "a poisoned PTE under the PTE lock at {va:#x}"
     );
     if old.is_present() {
-        pte.set_pte(va, old.mkold()).expect("a present PTE maps a data page");
+        pte.set_pte(va, old.mkold())
+            .expect("a present PTE maps a data page");
         c.writes.fetch_add(1, Relaxed);
     }
     true

@@ -71,8 +71,8 @@ struct ToyMm<'t>(&'t Toy);
 // SAFETY: the toy has no `ExclusiveAccess` remover, and the check refuses another toy's slots.
 unsafe impl InstallLock<Toy> for ToyMm<'_> {
     fn allows_install(&self, backend: &Toy, slot: &Slot) -> Result<(), Error> {
-        let ours = std::ptr::eq(self.0, backend)
-            && backend.slots.iter().any(|s| std::ptr::eq(s, slot));
+        let ours =
+            std::ptr::eq(self.0, backend) && backend.slots.iter().any(|s| std::ptr::eq(s, slot));
         if ours { Ok(()) } else { Err(Error::WrongMmu) }
     }
 }

@@ -117,5 +117,8 @@ fn table_maps() {
 fn inject_needs_upper_levels() {
     let mmu = mmu();
     // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
-    assert_eq!(unsafe { mmu.inject_pmd(VA, 0) }, Err(Error::NotMapped { addr: VA }));
+    assert_eq!(
+        unsafe { mmu.inject_pmd(VA, 0) },
+        Err(Error::NotMapped { addr: VA })
+    );
 }

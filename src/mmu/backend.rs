@@ -274,7 +274,7 @@ unsafe impl PgtableBackend for Mmu {
         self.counters
             .tables_freed_now
             .fetch_add(1, Ordering::Relaxed);
-        self.frames.free(table.pfn);
+        self.frames.free_table(table.pfn);
     }
 
     unsafe fn pte_free_defer(&self, table: &TableRef) {
@@ -283,7 +283,7 @@ unsafe impl PgtableBackend for Mmu {
             .fetch_add(1, Ordering::Relaxed);
         let frames = self.frames.clone();
         let pfn = table.pfn;
-        self.rcu.call_rcu(Box::new(move || frames.free(pfn)));
+        self.rcu.call_rcu(Box::new(move || frames.free_table(pfn)));
     }
 }
 

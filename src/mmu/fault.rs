@@ -3,14 +3,13 @@
 
 use super::entry::{PmdKind, Pte, TableRef};
 use super::frames::FrameKind;
+use super::gup::PageRef;
 use super::stability::MmapReadGuard;
 use super::vma::VmaKind;
 use super::{Mmu, PAGE_SIZE};
 use crate::error::{Error, NoMap};
-use super::gup::PageRef;
 use crate::provenance::{
-    DetachedPmd, Fresh, InTable, InstallLock, PmdRef, pmd_lock, pte_offset_map,
-    pte_offset_map_lock,
+    DetachedPmd, Fresh, InTable, InstallLock, PmdRef, pmd_lock, pte_offset_map, pte_offset_map_lock,
 };
 use crate::rcu::RcuDomain;
 use std::boxed::Box;

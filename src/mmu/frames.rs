@@ -88,23 +88,22 @@ struct Bitmap {
     hint: usize,
 }
 
-/// `n` zeroed entry cells in one zeroed allocation, instead of `n` separate constructions.
-fn zeroed_cells(n: usize) -> Box<[PmdSlot]> {
-    let Ok(layout) = std::alloc::Layout::array::<PmdSlot>(n) else {
-        return (0..n).map(|_| PmdSlot(AtomicU64::new(0))).collect();
-    };
+/// `n` zeroed entry cells in one zeroed allocation, instead of `n` separate constructions;
+/// `None` if the allocator cannot supply them (a huge arena on a small machine).
+fn zeroed_cells(n: usize) -> Option<Box<[PmdSlot]>> {
+    let layout = std::alloc::Layout::array::<PmdSlot>(n).ok()?;
     if layout.size() == 0 {
-        return Box::new([]);
+        return Some(Box::new([]));
     }
     // SAFETY: `layout` has a non-zero size.
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<PmdSlot>();
     if ptr.is_null() {
-        std::alloc::handle_alloc_error(layout);
+        return None;
     }
     // SAFETY: `ptr` is a live allocation made with the global allocator for exactly `n`
     // `PmdSlot`s (`Layout::array`), and all-zero bytes are a valid `PmdSlot`
     // (`#[repr(transparent)]` over `AtomicU64`, which has the layout and validity of `u64`).
-    unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, n)) }
+    Some(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, n)) })
 }
 
 /// The arena.
@@ -118,9 +117,13 @@ pub(crate) struct Frames {
 }
 
 impl Frames {
-    pub(crate) fn new(nframes: usize) -> Frames {
-        let mem = zeroed_cells(nframes * ENTRIES);
-        let desc: Box<[FrameDesc]> = (0..nframes).map(|_| FrameDesc::default()).collect();
+    /// An arena of `nframes` frames, or `None` if the memory for it cannot be had.
+    pub(crate) fn new(nframes: usize) -> Option<Frames> {
+        let mem = zeroed_cells(nframes.checked_mul(ENTRIES)?)?;
+        let mut desc = Vec::new();
+        desc.try_reserve_exact(nframes).ok()?;
+        desc.extend((0..nframes).map(|_| FrameDesc::default()));
+        let desc = desc.into_boxed_slice();
         let mut words = std::vec![0u64; nframes.div_ceil(64)];
         // Frame 0 is reserved; bits past the end are marked used.
         words[0] |= 1;
@@ -130,14 +133,14 @@ impl Frames {
         desc[0]
             .kind
             .store(FrameKind::Reserved as u8, Ordering::Relaxed);
-        Frames {
+        Some(Frames {
             mem,
             desc,
             alloc: Mutex::new(Bitmap { words, hint: 0 }),
             free: AtomicUsize::new(nframes - 1),
             nframes,
             audit: Audit::default(),
-        }
+        })
     }
 
     pub(crate) fn nframes(&self) -> usize {
@@ -174,13 +177,13 @@ impl Frames {
 
     /// Allocates `n` frames of `kind`, all or none. Table frames are zeroed.
     pub(crate) fn alloc_n(&self, n: usize, kind: FrameKind) -> Result<Vec<u64>, Error> {
-        let mut got = Vec::with_capacity(n);
-        {
+        let got = {
             let mut bm = self.lock_alloc();
             let free = self.free.load(Ordering::Relaxed);
             if free < n {
                 return Err(Error::OutOfFrames { needed: n, free });
             }
+            let mut got = Vec::with_capacity(n);
             let words = bm.words.len();
             let mut w = bm.hint;
             while got.len() < n {
@@ -195,7 +198,8 @@ impl Frames {
             }
             bm.hint = w;
             self.free.fetch_sub(n, Ordering::Relaxed);
-        }
+            got
+        };
         for &pfn in &got {
             self.prepare(pfn, kind);
         }
@@ -300,10 +304,14 @@ impl Frames {
     /// Frees one frame now: new generation, poison, back to the allocator. A bogus free (frame
     /// 0, out of range, already free) changes nothing.
     pub(crate) fn free(&self, pfn: u64) {
-        if pfn == 0 || pfn as usize >= self.nframes || self.kind(pfn) == FrameKind::Free {
+        if pfn == 0 || pfn as usize >= self.nframes {
             return;
         }
         let d = self.desc(pfn);
+        // Claim the free atomically, so that two racing frees cannot both return the frame.
+        if d.kind.swap(FrameKind::Free as u8, Ordering::AcqRel) == FrameKind::Free as u8 {
+            return;
+        }
         d.refs.store(0, Ordering::Relaxed);
         d.compound.store(false, Ordering::Relaxed);
         d.head_of.store(0, Ordering::Relaxed);
@@ -312,10 +320,24 @@ impl Frames {
             self.cell(pfn, i).0.store(POISON, Ordering::Release);
         }
         d.deposit.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        d.kind.store(FrameKind::Free as u8, Ordering::Release);
         let mut bm = self.lock_alloc();
         bm.words[pfn as usize / 64] &= !(1 << (pfn % 64));
         self.free.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Frees a PTE table: the references its present entries still hold go with it (an entry
+    /// holds one to its page), then the frame.
+    pub(crate) fn free_table(&self, pfn: u64) {
+        if pfn == 0 || pfn as usize >= self.nframes || self.kind(pfn) != FrameKind::Pte {
+            return;
+        }
+        for i in 0..ENTRIES {
+            let pte = super::entry::Pte::from_raw(self.cell(pfn, i).0.load(Ordering::Acquire));
+            if let Some(page) = pte.pfn().filter(|_| !pte.is_special()) {
+                self.put(page);
+            }
+        }
+        self.free(pfn);
     }
 
     /// Frees a huge page's 512 frames.

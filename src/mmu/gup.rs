@@ -55,9 +55,7 @@ impl Drop for PageRef<'_> {
 
 impl fmt::Debug for PageRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PageRef")
-            .field("pfn", &self.page)
-            .finish()
+        f.debug_struct("PageRef").field("pfn", &self.page).finish()
     }
 }
 
@@ -74,7 +72,8 @@ impl Mmu {
         nr_pages: usize,
     ) -> Result<std::vec::Vec<PageRef<'_>>, Error> {
         self.check_va(start, PAGE_SIZE)?;
-        let mut pins = std::vec::Vec::with_capacity(nr_pages);
+        // No capacity from the caller's count: it may be absurd (the walk stops at the limit).
+        let mut pins = std::vec::Vec::with_capacity(nr_pages.min(super::frames::ENTRIES));
         let guard = self.rcu_read_lock();
         for i in 0..nr_pages as u64 {
             let va = start + i * PAGE_SIZE;

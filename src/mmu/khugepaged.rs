@@ -18,7 +18,6 @@ use crate::provenance::{
     pte_offset_map_lock, pte_offset_map_rw_nolock,
 };
 use std::sync::atomic::Ordering;
-use std::vec::Vec;
 
 /// What a collapse did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,26 +32,21 @@ pub enum CollapseOutcome {
 
 impl Mmu {
     /// Frees a detached table (retraction, `free_pgtables`): check it
-    /// (`page_table_check_pte_clear_range`, case 1), drop the references of the pages it still
-    /// maps after a grace period, `pte_free_defer`. Returns the pages dropped and counts
-    /// anonymous ones as lost.
+    /// (`page_table_check_pte_clear_range`, case 1), count the anonymous pages it still maps
+    /// as lost, `pte_free_defer` (which drops the references of the pages still mapped, after
+    /// the grace period). Returns the number of pages it still mapped.
     pub(crate) fn free_retired(&self, table: DetachedPmd<'_, Mmu, Retired>, haddr: u64) -> usize {
         let report = super::check::page_table_check_pte_clear_range(self, haddr, &table.pmd());
-        let pages: Vec<u64> = match pte_offset_map(&table.pmd(), haddr) {
-            Ok(map) => map
-                .entries()
-                .filter(|p| !p.is_special())
-                .filter_map(|p| p.pfn())
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        let pages = pte_offset_map(&table.pmd(), haddr).map_or(0, |map| {
+            map.entries()
+                .filter(|p| p.pfn().is_some() && !p.is_special())
+                .count()
+        });
         self.counters
             .anon_pages_lost
             .fetch_add(report.anon as u64, Ordering::Relaxed);
-        let n = pages.len();
-        self.put_pages_deferred(pages);
         table.pte_free_defer();
-        n
+        pages
     }
 
     /// Retracts the PTE table covering `va` under the mmap read lock, whatever maps it: PMD

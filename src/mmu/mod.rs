@@ -185,7 +185,9 @@ impl Mmu {
                 reason: "va_limit must be a non-zero multiple of 2 MiB, at most 2^47",
             });
         }
-        let frames = Arc::new(Frames::new(cfg.frames));
+        let frames = Arc::new(Frames::new(cfg.frames).ok_or(Error::InvalidConfig {
+            reason: "the memory for that many frames cannot be allocated",
+        })?);
         let root = frames.alloc_n(1, FrameKind::Pgd)?[0];
         Ok(Mmu {
             frames,

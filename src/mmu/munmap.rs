@@ -131,8 +131,7 @@ impl Mmu {
         if old_vma.anon_vma.load(Ordering::Acquire) {
             self.anon_vma_prepare(&new_vma);
         }
-        if let Err(r) = table.pmd_populate_at(&mm, new_pml.as_ref().unwrap_or(&old_pml), &new_pmd)
-        {
+        if let Err(r) = table.pmd_populate_at(&mm, new_pml.as_ref().unwrap_or(&old_pml), &new_pmd) {
             // Cannot happen (checked under the locks); never lose the table: put it back.
             let e = r.error;
             if let Err(r) = r.value.pmd_populate(&mm, &old_pml) {

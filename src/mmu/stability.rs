@@ -143,7 +143,10 @@ macro_rules! walks {
             ///
             /// # Errors
             /// [`Error::NonCanonical`] or [`Error::OutOfRange`] for a bad address.
-            pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'m, '_, Mmu, InTable>>, Error> {
+            pub fn pmd_offset(
+                &self,
+                va: u64,
+            ) -> Result<Option<PmdRef<'m, '_, Mmu, InTable>>, Error> {
                 self.mmu.check_va(va, 1)?;
                 Ok(self.mmu.pmd_slot(va).map(|slot| {
                     // SAFETY: the slot is in a PMD table of this MMU; upper-level tables are

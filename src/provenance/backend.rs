@@ -192,8 +192,7 @@ pub unsafe trait PgtableBackend: Sync {
     /// # Safety
     /// The caller holds the slot's PMD lock and owns `table`, which no walker can reach; on
     /// `true` the ownership passes to the slot.
-    unsafe fn pgtable_trans_huge_deposit(&self, slot: &Self::PmdSlot, table: &Self::Table)
-    -> bool;
+    unsafe fn pgtable_trans_huge_deposit(&self, slot: &Self::PmdSlot, table: &Self::Table) -> bool;
 
     /// Takes a parked table back (`pgtable_trans_huge_withdraw`).
     ///

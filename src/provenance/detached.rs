@@ -113,7 +113,14 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
         // SAFETY: we own the table (type invariant), so it stays alive while the map borrows
         // `self` mutably.
         let map = unsafe {
-            PteMap::from_table(self.backend, self.table, self.pmdval, addr, MapKind::Owned, None)
+            PteMap::from_table(
+                self.backend,
+                self.table,
+                self.pmdval,
+                addr,
+                MapKind::Owned,
+                None,
+            )
         };
         PteMapMut { map }
     }
@@ -194,7 +201,8 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
         pml: &PmdLockGuard<'_, '_, B>,
         pmd: &PmdRef<'_, '_, B, InTable>,
     ) -> Result<(), Rejected<Self>> {
-        if !core::ptr::eq(self.backend, pml.backend()) || !core::ptr::eq(self.backend, pmd.backend())
+        if !core::ptr::eq(self.backend, pml.backend())
+            || !core::ptr::eq(self.backend, pmd.backend())
         {
             return Err(Rejected {
                 error: Error::WrongMmu,
@@ -283,9 +291,7 @@ pub fn pmd_clear_exclusive<'m, B: PgtableBackend, E: ExclusiveAccess<'m, B>>(
     addr: u64,
 ) -> Result<DetachedPmd<'m, B, Retired>, Error> {
     let backend = excl.backend();
-    let slot = excl
-        .covered_slot(addr)?
-        .ok_or(Error::NotMapped { addr })?;
+    let slot = excl.covered_slot(addr)?.ok_or(Error::NotMapped { addr })?;
     backend.pmd_table(&backend.pmdp_get_lockless(slot))?;
     // SAFETY: `excl` proves exclusive access to the slot, and no reference of the holder's
     // own into it is alive (we hold `excl` mutably): nobody else changes the slot, so it still

@@ -99,20 +99,34 @@ impl EpochRcu {
         }
     }
 
+    /// Pins this domain's collector through the thread's cached handle.
+    ///
+    /// A pin may run deferred callbacks (crossbeam collects garbage on pins), and a callback
+    /// may open a read section itself, of this domain or another: so the cache is only ever
+    /// borrowed shared while pinning, registering happens with no pin inside the mutable
+    /// borrow, and a cache that is busy or already torn down (thread exit) falls back to a
+    /// one-off handle instead of panicking.
     fn pin(&self) -> Guard {
-        let pinned = HANDLES.with(|cache| {
-            let cache = cache.borrow();
-            cache
-                .iter()
-                .find(|(id, _, _, _)| *id == self.id)
-                .map(|(_, _, h, _)| h.pin())
-        });
-        if let Some(g) = pinned {
+        let cached = || {
+            HANDLES
+                .try_with(|cache| {
+                    let cache = cache.try_borrow().ok()?;
+                    cache
+                        .iter()
+                        .find(|(id, _, _, _)| *id == self.id)
+                        .map(|(_, _, h, _)| h.pin())
+                })
+                .ok()
+                .flatten()
+        };
+        if let Some(g) = cached() {
             return g;
         }
-        HANDLES
-            .with(|cache| {
-                let mut cache = cache.borrow_mut();
+        let registered = HANDLES
+            .try_with(|cache| {
+                let Ok(mut cache) = cache.try_borrow_mut() else {
+                    return false;
+                };
                 cache.retain(|(_, alive, _, _)| alive.strong_count() > 0);
                 cache.push((
                     self.id,
@@ -120,9 +134,13 @@ impl EpochRcu {
                     self.collector.register(),
                     self.collector.clone(),
                 ));
-                cache.last().map(|(_, _, h, _)| h.pin())
+                true
             })
-            .unwrap_or_else(|| self.collector.register().pin())
+            .unwrap_or(false);
+        match cached().filter(|_| registered) {
+            Some(g) => g,
+            None => self.collector.register().pin(),
+        }
     }
 
     fn wait_for(&self, done: &AtomicBool) {

@@ -93,25 +93,28 @@ impl TinyRcu {
         }
     }
 
-    /// Opens a read section on reader slot `slot` (`rcu_read_lock`).
-    ///
-    /// # Panics
-    /// If `slot >= READER_SLOTS`.
+    /// Opens a read section on reader slot `slot` (`rcu_read_lock`). Returns `false`, and opens
+    /// nothing, if `slot >= READER_SLOTS`.
     #[inline]
-    pub fn read_lock(&self, slot: usize) {
-        self.enter(slot);
+    pub fn read_lock(&self, slot: usize) -> bool {
+        let opened = self.enter(slot);
         // Orders the slot store before every load of the section (store-buffering with the
         // fence in `synchronize`).
         fence(Ordering::SeqCst);
+        opened
     }
 
-    /// Ends the read section open on `slot` (`rcu_read_unlock`).
-    ///
-    /// # Panics
-    /// If `slot >= READER_SLOTS`.
+    /// Ends the read section open on `slot` (`rcu_read_unlock`). Returns `false`, and does
+    /// nothing, if `slot >= READER_SLOTS`.
     #[inline]
-    pub fn read_unlock(&self, slot: usize) {
-        self.readers[slot].store(IDLE, Ordering::Release);
+    pub fn read_unlock(&self, slot: usize) -> bool {
+        match self.readers.get(slot) {
+            Some(r) => {
+                r.store(IDLE, Ordering::Release);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Waits until every read section that was open when it was called has ended
@@ -135,16 +138,20 @@ impl TinyRcu {
     /// can show the fence is needed (a remover may then miss the reader and free under it).
     /// Never use it for anything else.
     #[doc(hidden)]
-    pub fn read_lock_without_fence(&self, slot: usize) {
-        self.enter(slot);
+    pub fn read_lock_without_fence(&self, slot: usize) -> bool {
+        self.enter(slot)
     }
 
     #[inline]
-    fn enter(&self, slot: usize) {
+    fn enter(&self, slot: usize) -> bool {
+        let Some(reader) = self.readers.get(slot) else {
+            return false;
+        };
         let gp = self.gp.load(Ordering::Relaxed);
         // Release: a remover that reads this value has synchronized with everything the
         // previous section on this slot did.
-        self.readers[slot].store(gp, Ordering::Release);
+        reader.store(gp, Ordering::Release);
+        true
     }
 }
 

@@ -10,7 +10,7 @@ struct Mine;
 
 impl Provenance for Mine {
     type Source<'a, B: PgtableBackend + 'a> = ();
-    fn read<'a, B: PgtableBackend + 'a>(_: &'a B, _: &()) -> B::PmdSnapshot {
+    fn read<'a, B: PgtableBackend + 'a>(_: &B, _: &()) -> B::PmdSnapshot {
         unimplemented!()
     }
     fn recheck_slot<'a, B: PgtableBackend + 'a>(_: &()) -> Option<&'a B::PmdSlot> {

@@ -15,5 +15,5 @@ fn main() {
     let mm = mmu.mmap_read_lock();
     let pmd = mm.pmd_offset(VA).unwrap().unwrap();
     let pte = pte_offset_map_ro_nolock(&pmd, VA).unwrap().lock();
-    pte.set_pte(VA, Pte::none());
+    pte.set_pte(VA, Pte::none()).unwrap();
 }

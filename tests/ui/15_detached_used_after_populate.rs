@@ -15,7 +15,7 @@ fn main() {
     let pmd = mm.pmd_alloc(VA).unwrap();
     let table = DetachedPmd::pte_alloc_one(&mmu).unwrap();
     let pml = pmd_lock(&pmd);
-    table.pmd_populate(&pml).unwrap();
+    table.pmd_populate(&mm, &pml).unwrap();
     drop(pml);
     let _map = pte_offset_map(&table.pmd(), VA);
 }

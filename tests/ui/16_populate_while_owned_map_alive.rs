@@ -16,6 +16,6 @@ fn main() {
     let table = DetachedPmd::pte_alloc_one(&mmu).unwrap();
     let map = pte_offset_map(&table.pmd(), VA).unwrap();
     let pml = pmd_lock(&pmd);
-    table.pmd_populate(&pml).unwrap();
+    table.pmd_populate(&mm, &pml).unwrap();
     let _ = map.pte();
 }

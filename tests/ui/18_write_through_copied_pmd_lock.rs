@@ -15,5 +15,5 @@ fn main() {
     let guard = mmu.rcu_read_lock();
     let copy = mmu.pmd_copy_lockless(&guard, VA).unwrap().unwrap();
     let pte = pte_offset_map_lock(&copy, VA).unwrap();
-    pte.set_pte(VA, Pte::none());
+    pte.set_pte(VA, Pte::none()).unwrap();
 }

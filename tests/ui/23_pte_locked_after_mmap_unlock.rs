@@ -16,5 +16,5 @@ fn main() {
     let pmd = mm.pmd_offset(VA).unwrap().unwrap();
     let pte = pte_offset_map_lock(&pmd, VA).unwrap();
     drop(mm);
-    pte.set_pte(VA, pte.pte().mkold());
+    pte.set_pte(VA, pte.pte().mkold()).unwrap();
 }

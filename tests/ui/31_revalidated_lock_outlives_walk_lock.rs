@@ -14,5 +14,5 @@ fn main() {
         let pmd = mm.pmd_offset(0x1000).unwrap().unwrap();
         unverified.revalidate(&pmd).map_err(|r| r.error).unwrap()
     };
-    attached.set_pte(0x1000, attached.pte().mkold());
+    attached.set_pte(0x1000, attached.pte().mkold()).unwrap();
 }

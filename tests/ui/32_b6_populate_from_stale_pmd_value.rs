@@ -23,5 +23,5 @@ fn main() {
     let new = mm.pmd_alloc(NEW).unwrap();
     let pml = pmd_lock(&new);
     let table = DetachedPmd::<_, Retired>::from_pmd(&mmu, stale).unwrap();
-    let _ = table.pmd_populate(&pml);
+    let _ = table.pmd_populate(&mm, &pml);
 }

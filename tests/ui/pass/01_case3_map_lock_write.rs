@@ -12,7 +12,7 @@ fn main() {
     let mm = mmu.mmap_read_lock();
     let pmd = mm.pmd_offset(VA).unwrap().expect("upper levels exist");
     let pte = pte_offset_map_lock(&pmd, VA).expect("a PTE table");
-    pte.set_pte(VA, pte.pte().mkold());
+    pte.set_pte(VA, pte.pte().mkold()).unwrap();
     pte_unmap_unlock(pte);
     let map = pte_offset_map(&pmd, VA).expect("a PTE table");
     assert!(!map.pte().is_young());
