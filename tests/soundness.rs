@@ -418,3 +418,28 @@ fn free_pgtables_without_a_zap_drops_the_pages_of_what_it_frees() {
     assert_eq!(mmu.free_frames(), free0 - 2, "only the upper tables stay");
     assert_clean(&mmu);
 }
+
+#[test]
+fn read_sections_during_thread_teardown_do_not_panic() {
+    // A thread-local made before the thread's first read section is destroyed after the RCU
+    // backend's own thread-local: its destructor still opens sections (a `translate`).
+    struct Late(Arc<Mmu>);
+    impl Drop for Late {
+        fn drop(&mut self) {
+            assert!(self.0.translate(A).unwrap().is_some());
+        }
+    }
+    std::thread_local! {
+        static LATE: std::cell::RefCell<Option<Late>> = const { std::cell::RefCell::new(None) };
+    }
+    let shared = Arc::new(mmu(64));
+    shared.map_page(A).unwrap();
+    let m = shared.clone();
+    std::thread::spawn(move || {
+        LATE.with(|l| *l.borrow_mut() = Some(Late(m.clone())));
+        assert!(m.translate(A).unwrap().is_some());
+    })
+    .join()
+    .expect("the thread ended without a panic");
+    assert_clean(&shared);
+}

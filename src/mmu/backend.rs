@@ -71,10 +71,15 @@ impl Mmu {
 }
 
 // SAFETY: (1) PTE tables reachable from slots are freed only by `pte_free_defer` (an RCU
-// callback of `self.rcu`) or by `pte_free` for tables no walker can reach; frame memory and
-// descriptors (with the locks) are never deallocated while the MMU lives. (2) Every path that
-// clears or replaces a slot naming a PTE table holds the PMD lock and the table's PTE lock
-// (`pmdp_collapse_flush` is only called from the provenance layer with both). (3)
+// callback of `self.rcu`) or by `pte_free` for tables no walker can reach: page-reference puts
+// never free a frame that is not a data page (`Frames::put`), no safe call writes a slot
+// except through the provenance layer (the raw `inject_pmd` is `unsafe`), and no PTE can name
+// a table (`set_pte` maps only data pages in use); frame memory and descriptors (with the
+// locks) are never deallocated while the MMU lives. (2) Every path that clears or replaces a
+// slot naming a PTE table holds the PMD lock and the table's PTE lock (`pmdp_collapse_flush`
+// is only called from the provenance layer with both) or the `Exclusive` token, whose holder
+// has no other reference into the slot (`pmd_clear_exclusive` takes it by `&mut`); the MMU's
+// own stores into slots (splits, huge zaps, collapses) replace huge or empty entries only. (3)
 // `pmd_populate` is a release store after the table's contents were written. (4)
 // `classify_pmd` accepts only present, well-formed, non-huge values naming a frame in range.
 unsafe impl PgtableBackend for Mmu {
