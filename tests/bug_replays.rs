@@ -21,6 +21,9 @@
 //! walk-lock class; no ordering of public calls skips one), B5 (a protocol change, not a bug),
 //! B8 (hugetlb PMD sharing is not modelled) and B12 (no secondary MMUs).
 
+mod common;
+
+use common::assert_clean;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::SeqCst, fence};
 use std::sync::{Mutex, MutexGuard, mpsc};
 use std::thread;
@@ -71,21 +74,6 @@ fn wait_for_progress(counter: &AtomicU64, from: u64) {
     while counter.load(SeqCst) == from && Instant::now() < until {
         std::hint::spin_loop();
     }
-}
-
-/// After every thread is done: let deferred frees run, then the audit must be silent and the
-/// tables consistent.
-fn assert_clean(mmu: &Mmu) {
-    mmu.rcu_barrier();
-    let report = mmu.audit().report();
-    assert_eq!(
-        mmu.audit().violations(),
-        0,
-        "page-table use-after-free, first reports: {:?}",
-        &report[..report.len().min(3)]
-    );
-    let problems = mmu.check_tables();
-    assert!(problems.is_empty(), "inconsistent tables: {problems:?}");
 }
 
 /// What lockless walkers saw that they must never see.

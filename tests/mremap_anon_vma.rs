@@ -20,6 +20,12 @@
 //! time, on one thread; it loses the page without the fix. The other tests pin down the
 //! refusals and the flag's propagation, and [`moves_vs_munmap_cow_and_retract`] runs the
 //! racing operations together on one region for a bounded time.
+//!
+//! A second layer backs the flag: under its locks `retract_page_tables` also refuses a table
+//! that maps an anonymous page, however it got there
+//! ([`retract_keeps_a_table_with_anonymous_pages_whatever_its_vma_says`]). With both layers
+//! removed (the code before the fix) the race test loses pages within a second; with only
+//! the flag's hand-over removed, the tests that check the flag and the refusals fail.
 
 mod common;
 
@@ -146,6 +152,33 @@ fn moves_outside_a_vma_or_across_kinds_are_refused_and_change_nothing() {
     );
     assert_eq!(mmu.dump(), before);
     assert_eq!(mmu.stats().pmd_moves, 0);
+    assert_clean(&mmu);
+}
+
+/// The second layer: a table with anonymous pages moved by hand (detached under the locks,
+/// populated at another slot) into a file VMA without `anon_vma` is not retracted either.
+#[test]
+fn retract_keeps_a_table_with_anonymous_pages_whatever_its_vma_says() {
+    use typed_pgtable::provenance::{pmd_lock, pmdp_collapse_flush, pte_offset_map_lock};
+    let mmu = new_mmu();
+    let anon = cowed_file_region(&mmu);
+    mmu.mmap(S, PMD_SIZE, VmaKind::File).unwrap();
+    {
+        let mm = mmu.mmap_read_lock();
+        let old = mm.pmd_offset(A).unwrap().unwrap();
+        let new = mm.pmd_alloc(S).unwrap();
+        let pml = pmd_lock(&old);
+        let ptl = pte_offset_map_lock(&old, A).unwrap();
+        let table = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
+        drop(pml);
+        let pml = pmd_lock(&new);
+        table.pmd_populate(&mm, &pml).map_err(|r| r.error).unwrap();
+    }
+    assert!(!mmu.find_vma(S).unwrap().anon_vma);
+    assert_eq!(mmu.retract_page_tables(S).unwrap(), 0);
+    mmu.rcu_barrier();
+    assert_eq!(pfn_at(&mmu, S + 5 * PAGE_SIZE), Some(anon));
+    assert_eq!(mmu.stats().anon_pages_lost, 0);
     assert_clean(&mmu);
 }
 

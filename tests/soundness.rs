@@ -396,6 +396,27 @@ fn a_retracted_table_outlives_its_locks() {
     assert_eq!(mmu.audit().violations(), 0);
 }
 
+/// The same for a table cleared under exclusivity: owned for the MMU's lifetime, not the
+/// token's or the mmap lock's.
+fn clear_unmapped(mmu: &Mmu, va: u64) -> Option<DetachedPmd<'_, Mmu, Retired>> {
+    let mut mm = mmu.mmap_write_lock();
+    let mut excl = mm.detach_range(va, PMD_SIZE).ok()?;
+    excl.zap();
+    typed_pgtable::provenance::pmd_clear_exclusive(&mut excl, va).ok()
+}
+
+#[test]
+fn a_table_cleared_under_exclusivity_outlives_the_token() {
+    let mmu = mmu(1024);
+    mmu.mmap(A, PMD_SIZE, VmaKind::Anon).unwrap();
+    mmu.map_page(A).unwrap();
+    let table = clear_unmapped(&mmu, A).unwrap();
+    assert!(pte_offset_map(&table.pmd(), A).unwrap().pte().is_none());
+    table.pte_free_defer();
+    assert_eq!(mmu.stats().anon_pages_lost, 0);
+    assert_clean(&mmu);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Classes 1 and 2 at run time: `free_pgtables` never loses track of what it frees.
 

@@ -14,8 +14,8 @@ use super::vma::VmaKind;
 use super::{Mmu, PMD_SIZE};
 use crate::error::{Error, NoMap};
 use crate::provenance::{
-    DetachedPmd, InTable, PmdRef, Retired, pmd_lock, pmdp_collapse_flush, pte_offset_map,
-    pte_offset_map_lock, pte_offset_map_rw_nolock,
+    Attached, DetachedPmd, InTable, PmdRef, PteLocked, Retired, pmd_lock, pmdp_collapse_flush,
+    pte_offset_map, pte_offset_map_lock, pte_offset_map_rw_nolock,
 };
 use std::sync::atomic::Ordering;
 
@@ -63,18 +63,18 @@ impl Mmu {
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Err(Error::NotMapped { addr: va });
         };
-        let table = self.detach_locked(&pmd, va, |_| true)?;
+        let table = self.detach_locked(&pmd, va, |_, _| true)?;
         self.counters.retracts.fetch_add(1, Ordering::Relaxed);
         Ok(self.free_retired(table, haddr))
     }
 
     /// PMD lock, recheck the pmd names a table, PTE lock, `recheck` under both locks, detach.
-    fn detach_locked<'a>(
+    fn detach_locked<'m>(
         &self,
-        pmd: &PmdRef<'_, 'a, Mmu, InTable>,
+        pmd: &PmdRef<'m, '_, Mmu, InTable>,
         va: u64,
-        recheck: impl FnOnce(&Self) -> bool,
-    ) -> Result<DetachedPmd<'a, Mmu, Retired>, Error> {
+        recheck: impl FnOnce(&Self, &PteLocked<'_, Mmu, Attached>) -> bool,
+    ) -> Result<DetachedPmd<'m, Mmu, Retired>, Error> {
         let pml = pmd_lock(pmd);
         match pml.pmdp_get().kind() {
             PmdKind::Table(_) => {}
@@ -82,7 +82,7 @@ impl Mmu {
             _ => return Err(Error::NotMapped { addr: va }),
         }
         let ptl = pte_offset_map_lock(pmd, va).map_err(|_| Error::NotMapped { addr: va })?;
-        if !recheck(self) {
+        if !recheck(self, &ptl) {
             return Err(Error::PmdChanged);
         }
         pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error)
@@ -91,8 +91,9 @@ impl Mmu {
     /// khugepaged's `retract_page_tables` for the 2 MiB range at `va`: for each file VMA linked
     /// into the rmap that covers the range, under the rmap read lock **only**: skip it if it
     /// has an `anon_vma`, take the PMD lock, recheck that the pmd still names a table (B10),
-    /// take the PTE lock, recheck `anon_vma` under both locks (B4), detach with
-    /// `pmdp_collapse_flush`, check the detached table and free it after a grace period.
+    /// take the PTE lock, recheck `anon_vma` under both locks (B4) and, a second layer, that the
+    /// table maps no anonymous page (a table moved in from an anonymous range by hand), detach
+    /// with `pmdp_collapse_flush`, check the detached table and free it after a grace period.
     /// Returns the number of tables retracted.
     ///
     /// # Errors
@@ -109,9 +110,12 @@ impl Mmu {
             let Ok(Some(pmd)) = rmap.pmd_offset(haddr) else {
                 continue;
             };
-            let still_retractable = |mmu: &Mmu| {
+            // Under both locks: the VMA still has no anon_vma (B4), and, a second layer, the
+            // table holds no anonymous page (one moved in from elsewhere): such a table stays.
+            let still_retractable = |mmu: &Mmu, ptl: &PteLocked<'_, Mmu, Attached>| {
                 mmu.vma_at(haddr)
                     .is_some_and(|v| !v.anon_vma.load(Ordering::Acquire))
+                    && !ptl.entries().any(|p| p.is_present() && p.is_anon())
             };
             if let Ok(table) = self.detach_locked(&pmd, haddr, still_retractable) {
                 self.free_retired(table, haddr);

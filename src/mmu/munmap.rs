@@ -10,7 +10,7 @@ use crate::provenance::{
 };
 use std::sync::atomic::Ordering;
 
-impl Exclusive<'_> {
+impl Exclusive<'_, '_> {
     /// Zaps every mapping in the range (`unmap_vmas`).
     pub fn zap(&self) -> super::zap::ZapStats {
         let (start, end) = self.range();

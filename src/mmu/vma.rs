@@ -476,7 +476,7 @@ impl<'m> MmapWriteGuard<'m> {
     /// # Errors
     /// A bad range, or [`Error::PartialVma`] if a VMA straddles the range's edge (this model
     /// does not split VMAs).
-    pub fn detach_range(&mut self, start: u64, len: u64) -> Result<Exclusive<'_>, Error> {
+    pub fn detach_range(&mut self, start: u64, len: u64) -> Result<Exclusive<'_, 'm>, Error> {
         let mmu = self.mmu();
         let end = mmu.check_range(start, len)?;
         let victims: Vec<Arc<Vma>> = {
@@ -524,22 +524,25 @@ impl<'m> MmapWriteGuard<'m> {
 /// the range's VMAs detached and unlinked from the rmap. Covers the pmd slots of the 2 MiB
 /// regions that lie wholly inside the range.
 ///
+/// `'a` is the borrow of the mmap write guard, `'m` the MMU's lifetime: a table cleared through
+/// the token is owned for `'m` and may outlive the token and the lock.
+///
 /// # Invariants
 /// `mm` is borrowed from a `&'a mut MmapWriteGuard` (`detach_range`), the VMAs of the range are
 /// detached and unlinked, and `slots` are the addresses of the pmd slots of the 2 MiB regions
 /// wholly inside the range.
 #[must_use = "the exclusive token is the proof free_pgtables needs"]
-pub struct Exclusive<'a> {
-    mm: &'a MmapWriteGuard<'a>,
+pub struct Exclusive<'a, 'm> {
+    mm: &'a MmapWriteGuard<'m>,
     start: u64,
     end: u64,
     slots: Vec<usize>,
     _not_send: WalkBound,
 }
 
-impl<'a> Exclusive<'a> {
+impl<'m> Exclusive<'_, 'm> {
     /// The MMU.
-    pub fn mmu(&self) -> &'a Mmu {
+    pub fn mmu(&self) -> &'m Mmu {
         self.mm.mmu()
     }
 
@@ -552,7 +555,7 @@ impl<'a> Exclusive<'a> {
     ///
     /// # Errors
     /// [`Error::OutsideVma`] outside the range; a bad address.
-    pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'a, '_, Mmu, InTable>>, Error> {
+    pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'m, '_, Mmu, InTable>>, Error> {
         let mmu = self.mmu();
         let slot = mmu.token_walk(va, Some((self.start, self.end)))?;
         // SAFETY: the mmap write lock is held for the borrow of `self`; upper-level tables are
@@ -567,8 +570,8 @@ impl<'a> Exclusive<'a> {
 // reach them), and it covers only pmds wholly inside the range, so no other VMA's walker
 // reaches those slots. Other removers all run under one of those locks. The token is `!Send`
 // and `!Sync` (`WalkBound`), so only its holder's thread walks through it.
-unsafe impl<'a> ExclusiveAccess<'a, Mmu> for Exclusive<'a> {
-    fn backend(&self) -> &'a Mmu {
+unsafe impl<'m> ExclusiveAccess<'m, Mmu> for Exclusive<'_, 'm> {
+    fn backend(&self) -> &'m Mmu {
         self.mm.mmu()
     }
 
@@ -586,7 +589,7 @@ unsafe impl<'a> ExclusiveAccess<'a, Mmu> for Exclusive<'a> {
     }
 }
 
-impl core::fmt::Debug for Exclusive<'_> {
+impl core::fmt::Debug for Exclusive<'_, '_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Exclusive")
             .field("start", &self.start)

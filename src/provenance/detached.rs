@@ -140,16 +140,23 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
         mm: &L,
         pml: &PmdLockGuard<'_, '_, B>,
     ) -> Result<(), Rejected<Self>> {
-        if !core::ptr::eq(self.backend, pml.backend()) {
-            return Err(Rejected {
+        let this = self.same_backend(pml.backend())?;
+        if let Err(error) = mm.allows_install(this.backend, pml.pmd().slot()) {
+            return Err(Rejected { error, value: this });
+        }
+        this.populate_locked(&pml.pmd())
+    }
+
+    /// `self`, or `self` handed back with [`Error::WrongMmu`] if `other` is another backend.
+    fn same_backend(self, other: &B) -> Result<Self, Rejected<Self>> {
+        if core::ptr::eq(self.backend, other) {
+            Ok(self)
+        } else {
+            Err(Rejected {
                 error: Error::WrongMmu,
                 value: self,
-            });
+            })
         }
-        if let Err(error) = mm.allows_install(self.backend, pml.pmd().slot()) {
-            return Err(Rejected { error, value: self });
-        }
-        self.populate_locked(&pml.pmd())
     }
 
     /// The end of every populate: the slot's PMD lock is held (by the caller's guard, of the
@@ -178,13 +185,8 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
         self,
         pml: &PmdLockGuard<'_, '_, B>,
     ) -> Result<(), Rejected<Self>> {
-        if !core::ptr::eq(self.backend, pml.backend()) {
-            return Err(Rejected {
-                error: Error::WrongMmu,
-                value: self,
-            });
-        }
-        self.populate_locked(&pml.pmd())
+        let this = self.same_backend(pml.backend())?;
+        this.populate_locked(&pml.pmd())
     }
 
     /// Installs the table in the empty slot of `pmd`, whose PMD lock `pml` holds (`pml` may be
@@ -339,37 +341,32 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
         self,
         pml: &PmdLockGuard<'_, '_, B>,
     ) -> Result<(), Rejected<Self>> {
-        if !core::ptr::eq(self.backend, pml.backend()) {
-            return Err(Rejected {
-                error: Error::WrongMmu,
-                value: self,
-            });
-        }
-        match self.backend.pmd_table(&pml.pmdp_get()) {
+        let this = self.same_backend(pml.backend())?;
+        match this.backend.pmd_table(&pml.pmdp_get()) {
             Err(NoMap::Huge | NoMap::Migration) => {}
             Ok(_) => {
                 return Err(Rejected {
                     error: Error::TableInTheWay { addr: 0 },
-                    value: self,
+                    value: this,
                 });
             }
             Err(_) => {
                 return Err(Rejected {
                     error: Error::NotMapped { addr: 0 },
-                    value: self,
+                    value: this,
                 });
             }
         }
         let slot = pml.pmd().slot();
         // SAFETY: `pml` holds the slot's PMD lock; the table is owned and unreachable (`Fresh`).
-        if unsafe { !self.backend.pgtable_trans_huge_deposit(slot, &self.table) } {
+        if unsafe { !this.backend.pgtable_trans_huge_deposit(slot, &this.table) } {
             return Err(Rejected {
                 error: Error::SlotOccupied,
-                value: self,
+                value: this,
             });
         }
         // The slot owns the table now.
-        let _ = self.into_table();
+        let _ = this.into_table();
         Ok(())
     }
 
