@@ -112,6 +112,17 @@ pub enum Error {
     /// A guard, pmd reference or table of one MMU (or RCU domain) was used with another.
     #[error("the guard or pmd belongs to a different MMU or RCU domain")]
     WrongMmu,
+    /// The lock checker found a lock call that can deadlock (see `mmu::lockdep`); nothing was
+    /// locked or changed.
+    #[error("{rule}; held since {held_at}, taken at {taken_at}")]
+    LockViolation {
+        /// The rule broken.
+        rule: &'static str,
+        /// Where the lock (or read section) that is in the way was taken.
+        held_at: &'static core::panic::Location<'static>,
+        /// Where the lock was asked for.
+        taken_at: &'static core::panic::Location<'static>,
+    },
     /// The configuration asked for is unusable.
     #[error("invalid configuration: {reason}")]
     InvalidConfig {

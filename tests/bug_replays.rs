@@ -23,7 +23,7 @@
 
 mod common;
 
-use common::assert_clean;
+use common::{assert_clean, on_another_thread};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::SeqCst, fence};
 use std::sync::{Mutex, MutexGuard, mpsc};
 use std::thread;
@@ -204,7 +204,7 @@ mod b1_gup_fast_vs_collapse {
 
         // THP collapse detaches the table now. It only defers its frees, so it runs on this
         // thread without waiting for our RCU section.
-        assert_eq!(mmu.retract_pte_table(VA).unwrap(), 1);
+        assert_eq!(on_another_thread(|| mmu.retract_pte_table(VA).unwrap()), 1);
 
         // The recheck before the fix: the PTE is unchanged (the detached table keeps it) ...
         let buggy_keeps_pin = map.pte() == pte;
@@ -418,9 +418,9 @@ mod b2_reuse_without_sync {
         let map = pte_offset_map(&copy, VA).unwrap();
         assert!(map.pte().is_present());
 
-        // khugepaged: collapse flush, then free at once (nothing here blocks, so it runs on
-        // this thread while the walker's map is alive).
-        {
+        // khugepaged, on its own thread: collapse flush, then free at once (nothing here waits
+        // for the walker, whose map stays alive).
+        on_another_thread(|| {
             let mm = mmu.mmap_write_lock();
             let pmd = mm.pmd_offset(VA).unwrap().unwrap();
             let pml = pmd_lock(&pmd);
@@ -433,7 +433,7 @@ mod b2_reuse_without_sync {
             // a lockless walker still has it mapped, so it is not `Fresh`.
             let laundered = unsafe { DetachedPmd::<Mmu, Fresh>::from_pmd(&mmu, value) }.unwrap();
             laundered.pte_free();
-        }
+        });
 
         // The walker reads on.
         let pte = map.pte();
@@ -579,7 +579,7 @@ mod b4_anon_vma_race {
 
         // ... then a write fault on the private file mapping (mmap read lock and page-table
         // lock, not the rmap lock): anon_vma_prepare, then the CoW copy.
-        let anon = mmu.cow_fault(VA).unwrap();
+        let anon = on_another_thread(|| mmu.cow_fault(VA).unwrap());
         assert_eq!(mmu.translate(VA).unwrap(), Some(anon << 12));
 
         // ... then the removal, without looking again.
@@ -1118,11 +1118,10 @@ mod b9_ptlock_freed_before_grace_period {
         {
             let pml = pmd_lock(&pmd);
             let ptl = pte_offset_map_lock(&pmd, VA).unwrap();
-            let old = ptl.ptep_get_and_clear(VA);
+            // The clear drops the page's reference (after a grace period).
+            ptl.ptep_get_and_clear(VA);
             let retired = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
             drop(pml);
-            // SAFETY: the test gives up a reference that the injected entry no longer holds.
-            unsafe { mmu.put_page(old.pfn().unwrap()) };
             let value = retired.pmd_val();
             std::mem::forget(retired);
             // SAFETY: deliberately broken (the bug): a nolock user still has the table mapped

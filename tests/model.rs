@@ -24,6 +24,7 @@
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Barrier;
 use typed_pgtable::Error;
 use typed_pgtable::mmu::{
     FrameKind, Mmu, MmuConfig, MmuDump, PAGE_SIZE, PMD_SIZE, PmdKind, Pte, huge_entry,
@@ -281,8 +282,24 @@ impl Harness {
         f: impl FnOnce(&Mmu) -> Result<(), TestCaseError>,
     ) -> Result<(), TestCaseError> {
         let free = self.mmu.free_frames();
-        {
-            let _reader = self.mmu.rcu_read_lock();
+        // The reader sits in its section on its own thread (an operation that takes the mmap
+        // lock inside a read section of its own thread is what the lock checker refuses).
+        let (entered, leave) = (Barrier::new(2), Barrier::new(2));
+        let result = std::thread::scope(|s| {
+            s.spawn(|| {
+                let _reader = self.mmu.rcu_read_lock();
+                entered.wait();
+                leave.wait();
+            });
+            entered.wait();
+            // The reader leaves whatever happens here (a failed check, a panic).
+            struct Leave<'b>(&'b Barrier);
+            impl Drop for Leave<'_> {
+                fn drop(&mut self) {
+                    self.0.wait();
+                }
+            }
+            let _leave = Leave(&leave);
             f(&self.mmu)?;
             // Give the collector every chance to run callbacks it must not run yet.
             for _ in 0..64 {
@@ -294,9 +311,10 @@ impl Harness {
                 "{}: frames freed inside a read section that predates the unmap",
                 ctx
             );
-        }
+            Ok(())
+        });
         self.mmu.rcu_barrier();
-        Ok(())
+        result
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), TestCaseError> {

@@ -63,8 +63,8 @@ fn a_vma_lock_installs_only_inside_its_vma() {
     mmu.mmap(B, PMD_SIZE, VmaKind::Anon).unwrap();
     mmu.map_page(A).unwrap();
     let before = mmu.dump();
-    let vma_a = mmu.lock_vma_under_rcu(A).unwrap();
     let mm = mmu.mmap_read_lock();
+    let vma_a = mmu.lock_vma_under_rcu(A).unwrap();
     let pmd_b = mm.pmd_offset(B).unwrap().unwrap();
     let pml = pmd_lock(&pmd_b);
     // A's VMA lock does not keep B's VMA attached: B may be munmapped meanwhile.

@@ -3,11 +3,13 @@
 use super::Mmu;
 use super::entry::{PmdKind, PmdVal, Pte, TableRef, classify_pmd, table_entry};
 use super::frames::{ENTRIES, FrameKind, PmdSlot};
+use super::lockdep::{self, How, LockClass};
 use crate::error::{Error, NoMap};
 use crate::provenance::{
     CopiedUnderRcu, Detached, InTable, MapKind, PgtableBackend, PmdRef, Unprotected,
 };
 use crate::rcu::{EpochRcu, RcuDomain};
+use core::panic::Location;
 use std::boxed::Box;
 use std::sync::atomic::Ordering;
 
@@ -194,27 +196,42 @@ unsafe impl PgtableBackend for Mmu {
         old
     }
 
+    #[track_caller]
     unsafe fn pte_lock(&self, table: &TableRef) {
+        let at = Location::caller();
+        lockdep::or_report(self.lock_check(LockClass::Pte, table.pfn, How::Blocking, at));
         self.frames.desc(table.pfn).lock.lock();
+        lockdep::acquired(self.rcu.id(), LockClass::Pte, table.pfn, at);
         // The lock lives with the table: taking it after the table was freed is a use-after-free
         // of the lock (bug B9), even though this model never releases the lock's memory.
         self.check(table, MapKind::RoNolock, "lock");
     }
 
     unsafe fn pte_unlock(&self, table: &TableRef) {
+        lockdep::released(self.rcu.id(), LockClass::Pte, table.pfn);
         self.frames.desc(table.pfn).lock.unlock();
     }
 
+    #[track_caller]
     unsafe fn pmd_lock(&self, slot: &PmdSlot) {
+        let at = Location::caller();
         // SAFETY: the caller passes one of our slots (trait contract).
         let pfn = unsafe { self.slot_frame(slot) };
+        lockdep::or_report(self.lock_check(LockClass::Pmd, pfn, How::Blocking, at));
         self.frames.desc(pfn).lock.lock();
+        lockdep::acquired(self.rcu.id(), LockClass::Pmd, pfn, at);
     }
 
+    #[track_caller]
     unsafe fn pmd_trylock(&self, slot: &PmdSlot) -> bool {
         // SAFETY: as in `pmd_lock`.
         let pfn = unsafe { self.slot_frame(slot) };
-        self.frames.desc(pfn).lock.try_lock()
+        // A trylock never waits: allowed in any order (PT_RECLAIM under a PTE lock).
+        let taken = self.frames.desc(pfn).lock.try_lock();
+        if taken {
+            lockdep::acquired(self.rcu.id(), LockClass::Pmd, pfn, Location::caller());
+        }
+        taken
     }
 
     unsafe fn same_pmd_lock(&self, a: &PmdSlot, b: &PmdSlot) -> bool {
@@ -225,6 +242,7 @@ unsafe impl PgtableBackend for Mmu {
     unsafe fn pmd_unlock(&self, slot: &PmdSlot) {
         // SAFETY: the caller holds the lock of one of our slots.
         let pfn = unsafe { self.slot_frame(slot) };
+        lockdep::released(self.rcu.id(), LockClass::Pmd, pfn);
         self.frames.desc(pfn).lock.unlock();
     }
 

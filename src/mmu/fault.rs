@@ -12,6 +12,7 @@ use crate::provenance::{
     DetachedPmd, Fresh, InTable, InstallLock, PmdRef, pmd_lock, pte_offset_map, pte_offset_map_lock,
 };
 use crate::rcu::RcuDomain;
+use core::panic::Location;
 use std::boxed::Box;
 use std::sync::atomic::Ordering;
 use std::vec::Vec;
@@ -106,9 +107,10 @@ impl Mmu {
     /// # Errors
     /// A bad or misaligned address, [`Error::AlreadyMapped`], [`Error::HugeInTheWay`], or
     /// [`Error::OutOfFrames`]. Errors are detected before anything is changed.
+    #[track_caller]
     pub fn map_page(&self, va: u64) -> Result<u64, Error> {
         self.check_va(va, PAGE_SIZE)?;
-        let mm = self.mmap_read_lock();
+        let mm = self.mmap_read_lock_at(Location::caller())?;
         let existing = mm.pmd_offset(va)?;
         let pmd_needs_table = match existing.map(|p| p.pmd_val().kind()) {
             None | Some(PmdKind::None) => true,
@@ -152,6 +154,7 @@ impl Mmu {
     /// [`Error::EmptyRange`] for `count == 0`; a bad, misaligned or too long range;
     /// [`Error::AlreadyMapped`] or [`Error::HugeInTheWay`] for the first page in the way;
     /// [`Error::OutOfFrames`].
+    #[track_caller]
     pub fn map_pages(&self, start: u64, count: usize) -> Result<Vec<u64>, Error> {
         let len = (count as u64)
             .checked_mul(PAGE_SIZE)
@@ -160,7 +163,7 @@ impl Mmu {
                 limit: self.cfg.va_limit,
             })?;
         let end = self.check_range(start, len)?;
-        let mm = self.mmap_read_lock();
+        let mm = self.mmap_read_lock_at(Location::caller())?;
         let mut tables = std::collections::BTreeSet::new();
         let mut uppers = std::collections::BTreeSet::new();
         let mut va = start;
@@ -261,9 +264,10 @@ impl Mmu {
     /// # Errors
     /// [`Error::NotInVma`] outside a file VMA; [`Error::NotMapped`] if no page is mapped there;
     /// [`Error::HugeInTheWay`]; [`Error::OutOfFrames`].
+    #[track_caller]
     pub fn cow_fault(&self, va: u64) -> Result<u64, Error> {
         self.check_va(va, PAGE_SIZE)?;
-        let mm = self.mmap_read_lock();
+        let mm = self.mmap_read_lock_at(Location::caller())?;
         let vma = self
             .vma_at(va)
             .filter(|v| v.kind == VmaKind::File)

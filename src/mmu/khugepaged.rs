@@ -17,6 +17,7 @@ use crate::provenance::{
     Attached, DetachedPmd, InTable, PmdRef, PteLocked, Retired, pmd_lock, pmdp_collapse_flush,
     pte_offset_map, pte_offset_map_lock, pte_offset_map_rw_nolock,
 };
+use core::panic::Location;
 use std::sync::atomic::Ordering;
 
 /// What a collapse did.
@@ -56,10 +57,11 @@ impl Mmu {
     ///
     /// # Errors
     /// A bad address, [`Error::NotMapped`] if no PTE table is there, [`Error::HugeInTheWay`].
+    #[track_caller]
     pub fn retract_pte_table(&self, va: u64) -> Result<usize, Error> {
         let haddr = va & !(PMD_SIZE - 1);
         self.check_va(va, 1)?;
-        let mm = self.mmap_read_lock();
+        let mm = self.mmap_read_lock_at(Location::caller())?;
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Err(Error::NotMapped { addr: va });
         };
@@ -98,10 +100,11 @@ impl Mmu {
     ///
     /// # Errors
     /// A bad address.
+    #[track_caller]
     pub fn retract_page_tables(&self, va: u64) -> Result<usize, Error> {
         let haddr = va & !(PMD_SIZE - 1);
         self.check_va(va, 1)?;
-        let rmap = self.i_mmap_lock_read();
+        let rmap = self.i_mmap_lock_read_at(Location::caller())?;
         let mut retracted = 0;
         for vma in rmap.file_vmas() {
             if vma.start > haddr || vma.end < haddr + PMD_SIZE || vma.anon_vma {
@@ -137,10 +140,11 @@ impl Mmu {
     ///
     /// # Errors
     /// A bad address.
+    #[track_caller]
     pub fn collapse_pte_mapped_thp(&self, va: u64) -> Result<CollapseOutcome, Error> {
         let haddr = va & !(PMD_SIZE - 1);
         self.check_va(va, 1)?;
-        let mm = self.mmap_read_lock();
+        let mm = self.mmap_read_lock_at(Location::caller())?;
         let file = self.vma_at(haddr).is_some_and(|v| {
             v.kind == VmaKind::File && v.start <= haddr && haddr + PMD_SIZE <= v.end
         });
@@ -218,16 +222,17 @@ impl Mmu {
     /// # Errors
     /// [`Error::NotInVma`] unless an anonymous VMA covers the range; [`Error::NotMapped`] if
     /// no PTE table is there; [`Error::OutOfFrames`] (the table is restored).
+    #[track_caller]
     pub fn collapse_huge_page(&self, va: u64) -> Result<CollapseOutcome, Error> {
         let haddr = va & !(PMD_SIZE - 1);
         self.check_va(va, 1)?;
-        let mm = self.mmap_write_lock();
+        let mm = self.mmap_write_lock_at(Location::caller())?;
         let vma = self
             .vma_at(haddr)
             .filter(|v| v.kind == VmaKind::Anon && v.start <= haddr && haddr + PMD_SIZE <= v.end)
             .ok_or(Error::NotInVma { addr: va })?;
         let vw = mm
-            .vma_start_write(vma.start)
+            .vma_start_write_at(vma.start, Location::caller())?
             .ok_or(Error::NotInVma { addr: va })?;
         // check_pmd_still_valid, now that every walker and remover is excluded.
         let Some(pmd) = vw.pmd_offset(haddr)? else {

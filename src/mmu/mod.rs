@@ -60,6 +60,7 @@ mod fault;
 mod frames;
 mod gup;
 mod khugepaged;
+pub mod lockdep;
 mod munmap;
 mod ops;
 mod spin;
@@ -216,12 +217,16 @@ impl Mmu {
     }
 
     /// Opens a read section of this MMU's RCU domain (`rcu_read_lock`).
+    #[track_caller]
     pub fn rcu_read_lock(&self) -> RcuGuard<'_, EpochRcu> {
         self.rcu.read_lock()
     }
 
-    /// Waits until every deferred free queued so far has run (`rcu_barrier`). Must not be
-    /// called inside a read section of this MMU.
+    /// Waits until every deferred free queued so far has run (`rcu_barrier`).
+    ///
+    /// # Panics
+    /// Inside a read section of this MMU (the lock checker's report: the wait would never end).
+    #[track_caller]
     pub fn rcu_barrier(&self) {
         self.rcu.rcu_barrier()
     }
@@ -283,10 +288,24 @@ impl Mmu {
 }
 
 impl Drop for Mmu {
+    /// Lets the deferred frees run (they hold the frames through an `Arc`, so this is about
+    /// prompt accounting, not safety). A read section of this MMU that is still open can only
+    /// be one leaked with `mem::forget` (a live one borrows the MMU): the drop reports it on
+    /// standard error and leaks the memory its grace period would have freed, instead of
+    /// waiting for it forever.
     fn drop(&mut self) {
-        // Let deferred frees run while the frames are certainly alive (they hold an `Arc`
-        // anyway, so this is about prompt accounting, not safety).
-        self.rcu.rcu_barrier();
+        if let Some(at) = self.rcu.section_open_here() {
+            lockdep::report_leaked_section(&std::format!("opened at {at}, on the dropping thread"));
+            return;
+        }
+        if !self
+            .rcu
+            .rcu_barrier_timeout(std::time::Duration::from_secs(10))
+        {
+            lockdep::report_leaked_section(
+                "on another thread (the grace period did not end in 10 s)",
+            );
+        }
     }
 }
 

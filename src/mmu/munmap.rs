@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::provenance::{
     PgtableBackend, pmd_clear_exclusive, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock,
 };
+use core::panic::Location;
 use std::sync::atomic::Ordering;
 
 impl Exclusive<'_, '_> {
@@ -53,8 +54,9 @@ impl Mmu {
     ///
     /// # Errors
     /// A bad range, or [`Error::PartialVma`].
+    #[track_caller]
     pub fn munmap(&self, start: u64, len: u64) -> Result<usize, Error> {
-        let mut mm = self.mmap_write_lock();
+        let mut mm = self.mmap_write_lock_at(Location::caller())?;
         let excl = mm.detach_range(start, len)?;
         excl.zap();
         Ok(excl.free_pgtables())
@@ -80,10 +82,11 @@ impl Mmu {
     /// ranges, [`Error::NotMapped`] if there is no table at `old` (any more),
     /// [`Error::AlreadyMapped`] if `new` is not empty, [`Error::OutOfFrames`] for the new
     /// upper levels.
+    #[track_caller]
     pub fn move_normal_pmd(&self, old: u64, new: u64) -> Result<(), Error> {
         self.check_va(old, PMD_SIZE)?;
         self.check_va(new, PMD_SIZE)?;
-        let mm = self.mmap_write_lock();
+        let mm = self.mmap_write_lock_at(Location::caller())?;
         // The VMAs cannot change under the mmap write lock.
         let covering = |va: u64| {
             self.vma_at(va)
@@ -102,13 +105,13 @@ impl Mmu {
         let new_pmd = mm.pmd_alloc(new)?;
         // All the locks: VMA write locks of both ends (VMA-lock walkers and PT_RECLAIM are out),
         // then the rmap write lock (rmap walkers and retract are out).
-        let _old_write = mm.vma_start_write(old);
+        let _old_write = mm.vma_start_write_at(old, Location::caller())?;
         let _new_write = if new_vma.contains(old) {
             None
         } else {
-            mm.vma_start_write(new)
+            mm.vma_start_write_at(new, Location::caller())?
         };
-        let _rmap = self.i_mmap_lock_write();
+        let _rmap = self.i_mmap_lock_write_at(Location::caller())?;
         let old_pml = pmd_lock(&old_pmd);
         // SAFETY: both slots are this MMU's (walks of its own mmap lock).
         let new_pml = if unsafe { self.same_pmd_lock(old_pmd.slot(), new_pmd.slot()) } {

@@ -8,6 +8,7 @@ use crate::provenance::{
     CopiedUnderRcu, PgtableBackend, PmdRef, Unprotected, pmd_lock, pte_offset_map,
 };
 use crate::rcu::{EpochRcu, RcuGuard};
+use core::panic::Location;
 use std::sync::atomic::Ordering;
 use std::vec::Vec;
 
@@ -168,9 +169,10 @@ impl Mmu {
     /// assert_eq!(pte_offset_map(&pmd, 0x20_0000).err(), Some(NoMap::Migration));
     /// # Ok::<(), typed_pgtable::Error>(())
     /// ```
+    #[track_caller]
     pub unsafe fn inject_pmd(&self, va: u64, raw: u64) -> Result<u64, Error> {
         self.check_va(va, 1)?;
-        let mm = self.mmap_write_lock();
+        let mm = self.mmap_write_lock_at(Location::caller())?;
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Err(Error::NotMapped { addr: va });
         };

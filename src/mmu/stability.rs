@@ -8,10 +8,12 @@
 use super::Mmu;
 use super::entry::{PmdKind, classify_pmd, table_entry};
 use super::frames::{ENTRIES, FrameKind, PmdSlot};
+use super::lockdep::{self, How, LockClass};
 use crate::bound::{OnItsThread, WalkBound};
 use crate::error::Error;
 use crate::provenance::{InTable, InstallLock, PmdRef};
 use core::marker::PhantomData;
+use core::panic::Location;
 use std::sync::atomic::Ordering;
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 use std::vec::Vec;
@@ -112,21 +114,73 @@ impl Mmu {
     }
 
     /// Takes the mmap lock for reading (`mmap_read_lock`).
+    ///
+    /// # Panics
+    /// With the lock checker's report if the call could deadlock: inside an RCU read section
+    /// of this MMU, with the mmap lock already held, or after a lock that comes later in the
+    /// order (see [`lockdep`](super::lockdep)).
+    #[track_caller]
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
-        MmapReadGuard {
-            mmu: self,
-            _lock: OnItsThread(self.mmap_lock.read().unwrap_or_else(|e| e.into_inner())),
-            _not_send: PhantomData,
-        }
+        let at = Location::caller();
+        let guard = self.mmap_read_lock_at(at);
+        guard.unwrap_or_else(|e| panic!("lock checker: {e}"))
     }
 
     /// Takes the mmap lock for writing (`mmap_write_lock`).
+    ///
+    /// # Panics
+    /// As [`Mmu::mmap_read_lock`].
+    #[track_caller]
     pub fn mmap_write_lock(&self) -> MmapWriteGuard<'_> {
-        MmapWriteGuard {
+        let at = Location::caller();
+        let guard = self.mmap_write_lock_at(at);
+        guard.unwrap_or_else(|e| panic!("lock checker: {e}"))
+    }
+
+    /// The lock checker's view of a lock this MMU is about to take here.
+    pub(crate) fn lock_check(
+        &self,
+        class: LockClass,
+        instance: u64,
+        how: How,
+        at: &'static Location<'static>,
+    ) -> Result<(), Error> {
+        let section = if how == How::Blocking && class <= LockClass::Rmap {
+            self.rcu.section_open_here()
+        } else {
+            None
+        };
+        lockdep::check(self.rcu.id(), class, instance, how, section, at)
+    }
+
+    /// `mmap_read_lock`, checked: the lock checker's report as an error.
+    pub(crate) fn mmap_read_lock_at(
+        &self,
+        at: &'static Location<'static>,
+    ) -> Result<MmapReadGuard<'_>, Error> {
+        self.lock_check(LockClass::Mmap, 0, How::Blocking, at)?;
+        let lock = self.mmap_lock.read().unwrap_or_else(|e| e.into_inner());
+        lockdep::acquired(self.rcu.id(), LockClass::Mmap, 0, at);
+        Ok(MmapReadGuard {
             mmu: self,
-            _lock: OnItsThread(self.mmap_lock.write().unwrap_or_else(|e| e.into_inner())),
+            _lock: OnItsThread(lock),
             _not_send: PhantomData,
-        }
+        })
+    }
+
+    /// `mmap_write_lock`, checked.
+    pub(crate) fn mmap_write_lock_at(
+        &self,
+        at: &'static Location<'static>,
+    ) -> Result<MmapWriteGuard<'_>, Error> {
+        self.lock_check(LockClass::Mmap, 0, How::Blocking, at)?;
+        let lock = self.mmap_lock.write().unwrap_or_else(|e| e.into_inner());
+        lockdep::acquired(self.rcu.id(), LockClass::Mmap, 0, at);
+        Ok(MmapWriteGuard {
+            mmu: self,
+            _lock: OnItsThread(lock),
+            _not_send: PhantomData,
+        })
     }
 }
 
@@ -179,6 +233,12 @@ macro_rules! walks {
         unsafe impl InstallLock<Mmu> for $guard<'_> {
             fn allows_install(&self, backend: &Mmu, slot: &PmdSlot) -> Result<(), Error> {
                 self.mmu.install_covered(backend, slot, None)
+            }
+        }
+
+        impl Drop for $guard<'_> {
+            fn drop(&mut self) {
+                lockdep::released(self.mmu.rcu.id(), LockClass::Mmap, 0);
             }
         }
 

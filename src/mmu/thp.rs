@@ -9,6 +9,7 @@ use super::vma::VmaKind;
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
 use crate::error::Error;
 use crate::provenance::{DetachedPmd, InTable, PmdLockGuard, PmdRef, pmd_lock};
+use core::panic::Location;
 use std::sync::atomic::Ordering;
 use std::vec::Vec;
 
@@ -69,6 +70,7 @@ impl Mmu {
     /// # Errors
     /// A bad or misaligned address, [`Error::AlreadyMapped`] (a huge page is there),
     /// [`Error::TableInTheWay`] (a PTE table is there), [`Error::OutOfFrames`].
+    #[track_caller]
     pub fn map_huge(&self, va: u64) -> Result<u64, Error> {
         self.map_huge_inner(va, false)
     }
@@ -78,13 +80,15 @@ impl Mmu {
     ///
     /// # Errors
     /// As [`Mmu::map_huge`].
+    #[track_caller]
     pub fn map_huge_zero(&self, va: u64) -> Result<u64, Error> {
         self.map_huge_inner(va, true)
     }
 
+    #[track_caller]
     fn map_huge_inner(&self, va: u64, zero: bool) -> Result<u64, Error> {
         self.check_va(va, PMD_SIZE)?;
-        let mm = self.mmap_read_lock();
+        let mm = self.mmap_read_lock_at(Location::caller())?;
         match mm.pmd_offset(va)?.map(|p| p.pmd_val().kind()) {
             None | Some(PmdKind::None) => {}
             Some(PmdKind::Huge(_)) => return Err(Error::AlreadyMapped { addr: va }),
@@ -163,9 +167,10 @@ impl Mmu {
     /// # Errors
     /// A bad address; [`Error::OutOfFrames`] if a table (no deposit) or the zero page cannot be
     /// allocated, in which case nothing changes.
+    #[track_caller]
     pub fn split_huge_pmd(&self, va: u64) -> Result<SplitOutcome, Error> {
         self.check_va(va, 1)?;
-        let mm = self.mmap_read_lock();
+        let mm = self.mmap_read_lock_at(Location::caller())?;
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Ok(SplitOutcome::NotHuge);
         };
@@ -284,9 +289,10 @@ impl Mmu {
     /// # Errors
     /// A bad or misaligned address, [`Error::NotMapped`], [`Error::TableInTheWay`] (a PTE
     /// table, possibly empty, is there).
+    #[track_caller]
     pub fn unmap_huge(&self, va: u64) -> Result<u64, Error> {
         self.check_va(va, PMD_SIZE)?;
-        let mm = self.mmap_read_lock();
+        let mm = self.mmap_read_lock_at(Location::caller())?;
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Err(Error::NotMapped { addr: va });
         };

@@ -17,12 +17,14 @@
 //! that no walk lock reaches the range's slots, so tables can be cleared without the PTE lock.
 
 use super::frames::PmdSlot;
+use super::lockdep::{self, How, LockClass};
 use super::stability::MmapWriteGuard;
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
 use crate::bound::{OnItsThread, WalkBound};
 use crate::error::Error;
 use crate::provenance::{ExclusiveAccess, InTable, InstallLock, PmdRef};
 use core::marker::PhantomData;
+use core::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLockReadGuard, RwLockWriteGuard};
 use std::vec::Vec;
@@ -118,6 +120,11 @@ impl Vma {
     pub(crate) fn contains(&self, va: u64) -> bool {
         self.start <= va && va < self.end
     }
+
+    /// The VMA's identity for the lock checker.
+    pub(crate) fn id(&self) -> u64 {
+        self as *const Vma as u64
+    }
 }
 
 impl Mmu {
@@ -135,9 +142,10 @@ impl Mmu {
     ///
     /// # Errors
     /// A bad or misaligned range, or [`Error::AlreadyMapped`] if it overlaps a VMA.
+    #[track_caller]
     pub fn mmap(&self, start: u64, len: u64, kind: VmaKind) -> Result<(), Error> {
         let end = self.check_range(start, len)?;
-        let _mm = self.mmap_write_lock();
+        let _mm = self.mmap_write_lock_at(Location::caller())?;
         let mut vmas = self.vmas.write().unwrap_or_else(|e| e.into_inner());
         if let Some(v) = vmas.iter().find(|v| v.start < end && start < v.end) {
             return Err(Error::AlreadyMapped {
@@ -196,6 +204,7 @@ impl Mmu {
     /// Takes the read lock of the VMA containing `va` without the mmap lock
     /// (`lock_vma_under_rcu`). `None` if there is no VMA there or it is write-locked or
     /// detached; the caller falls back to the mmap lock, as in the kernel.
+    #[track_caller]
     pub fn lock_vma_under_rcu(&self, va: u64) -> Option<VmaReadGuard<'_>> {
         let vma = self.vma_at(va)?;
         if !vma.lock.read_trylock() {
@@ -205,6 +214,8 @@ impl Mmu {
             vma.lock.read_unlock();
             return None;
         }
+        // A trylock: it never waits, so the checker only records it.
+        lockdep::acquired(self.rcu.id(), LockClass::Vma, vma.id(), Location::caller());
         Some(VmaReadGuard {
             mmu: self,
             vma,
@@ -213,21 +224,54 @@ impl Mmu {
     }
 
     /// Takes the rmap lock of the file mapping for reading (`i_mmap_lock_read`).
+    ///
+    /// # Panics
+    /// With the lock checker's report if the call could deadlock (see
+    /// [`lockdep`](super::lockdep)).
+    #[track_caller]
     pub fn i_mmap_lock_read(&self) -> RmapReadGuard<'_> {
-        RmapReadGuard {
-            mmu: self,
-            _lock: OnItsThread(self.i_mmap.read().unwrap_or_else(|e| e.into_inner())),
-            _not_send: PhantomData,
-        }
+        let guard = self.i_mmap_lock_read_at(Location::caller());
+        guard.unwrap_or_else(|e| panic!("lock checker: {e}"))
     }
 
     /// Takes the rmap lock of the file mapping for writing (`i_mmap_lock_write`).
+    ///
+    /// # Panics
+    /// As [`Mmu::i_mmap_lock_read`].
+    #[track_caller]
     pub fn i_mmap_lock_write(&self) -> RmapWriteGuard<'_> {
-        RmapWriteGuard {
-            _mmu: self,
-            _lock: OnItsThread(self.i_mmap.write().unwrap_or_else(|e| e.into_inner())),
+        let guard = self.i_mmap_lock_write_at(Location::caller());
+        guard.unwrap_or_else(|e| panic!("lock checker: {e}"))
+    }
+
+    /// `i_mmap_lock_read`, checked.
+    pub(crate) fn i_mmap_lock_read_at(
+        &self,
+        at: &'static Location<'static>,
+    ) -> Result<RmapReadGuard<'_>, Error> {
+        self.lock_check(LockClass::Rmap, 0, How::Blocking, at)?;
+        let lock = self.i_mmap.read().unwrap_or_else(|e| e.into_inner());
+        lockdep::acquired(self.rcu.id(), LockClass::Rmap, 0, at);
+        Ok(RmapReadGuard {
+            mmu: self,
+            _lock: OnItsThread(lock),
             _not_send: PhantomData,
-        }
+        })
+    }
+
+    /// `i_mmap_lock_write`, checked.
+    pub(crate) fn i_mmap_lock_write_at(
+        &self,
+        at: &'static Location<'static>,
+    ) -> Result<RmapWriteGuard<'_>, Error> {
+        self.lock_check(LockClass::Rmap, 0, How::Blocking, at)?;
+        let lock = self.i_mmap.write().unwrap_or_else(|e| e.into_inner());
+        lockdep::acquired(self.rcu.id(), LockClass::Rmap, 0, at);
+        Ok(RmapWriteGuard {
+            _mmu: self,
+            _lock: OnItsThread(lock),
+            _not_send: PhantomData,
+        })
     }
 
     /// The first address of the 2 MiB range a pmd slot of this MMU maps, or `None` for a slot
@@ -316,6 +360,7 @@ impl<'m> VmaReadGuard<'m> {
 
 impl Drop for VmaReadGuard<'_> {
     fn drop(&mut self) {
+        lockdep::released(self.mmu.rcu.id(), LockClass::Vma, self.vma.id());
         self.vma.lock.read_unlock();
     }
 }
@@ -367,6 +412,7 @@ impl<'a> VmaWriteGuard<'a> {
 
 impl Drop for VmaWriteGuard<'_> {
     fn drop(&mut self) {
+        lockdep::released(self.mm.mmu().rcu.id(), LockClass::Vma, self.vma.id());
         self.vma.lock.write_unlock();
     }
 }
@@ -431,6 +477,18 @@ impl<'m> RmapReadGuard<'m> {
     }
 }
 
+impl Drop for RmapReadGuard<'_> {
+    fn drop(&mut self) {
+        lockdep::released(self.mmu.rcu.id(), LockClass::Rmap, 0);
+    }
+}
+
+impl Drop for RmapWriteGuard<'_> {
+    fn drop(&mut self) {
+        lockdep::released(self._mmu.rcu.id(), LockClass::Rmap, 0);
+    }
+}
+
 impl core::fmt::Debug for RmapReadGuard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("RmapReadGuard").finish_non_exhaustive()
@@ -456,14 +514,34 @@ impl core::fmt::Debug for RmapWriteGuard<'_> {
 impl<'m> MmapWriteGuard<'m> {
     /// Write-locks the VMA containing `va` (`vma_start_write`): waits for its readers, and new
     /// `lock_vma_under_rcu` calls fail until the guard drops.
+    ///
+    /// # Panics
+    /// With the lock checker's report if the call could deadlock: the thread holds the VMA's
+    /// read lock (it would wait for itself), or a later lock in the order.
+    #[track_caller]
     pub fn vma_start_write(&self, va: u64) -> Option<VmaWriteGuard<'_>> {
-        let vma = self.mmu().vma_at(va)?;
+        let guard = self.vma_start_write_at(va, Location::caller());
+        guard.unwrap_or_else(|e| panic!("lock checker: {e}"))
+    }
+
+    /// `vma_start_write`, checked.
+    pub(crate) fn vma_start_write_at(
+        &self,
+        va: u64,
+        at: &'static Location<'static>,
+    ) -> Result<Option<VmaWriteGuard<'_>>, Error> {
+        let Some(vma) = self.mmu().vma_at(va) else {
+            return Ok(None);
+        };
+        let mmu = self.mmu();
+        mmu.lock_check(LockClass::Vma, vma.id(), How::Blocking, at)?;
         vma.lock.write_lock();
-        Some(VmaWriteGuard {
+        lockdep::acquired(mmu.rcu.id(), LockClass::Vma, vma.id(), at);
+        Ok(Some(VmaWriteGuard {
             mm: self,
             vma,
             _not_send: PhantomData,
-        })
+        }))
     }
 
     /// Detaches the VMAs in `[start, start + len)` and returns the exclusive token for the
@@ -476,7 +554,9 @@ impl<'m> MmapWriteGuard<'m> {
     /// # Errors
     /// A bad range, or [`Error::PartialVma`] if a VMA straddles the range's edge (this model
     /// does not split VMAs).
+    #[track_caller]
     pub fn detach_range(&mut self, start: u64, len: u64) -> Result<Exclusive<'_, 'm>, Error> {
+        let at = Location::caller();
         let mmu = self.mmu();
         let end = mmu.check_range(start, len)?;
         let victims: Vec<Arc<Vma>> = {
@@ -492,13 +572,18 @@ impl<'m> MmapWriteGuard<'m> {
                 .cloned()
                 .collect()
         };
+        // Every check before anything changes.
+        for v in &victims {
+            mmu.lock_check(LockClass::Vma, v.id(), How::Blocking, at)?;
+        }
+        mmu.lock_check(LockClass::Rmap, 0, How::Blocking, at)?;
         for v in &victims {
             v.lock.write_lock();
             v.detached.store(true, Ordering::Release);
             v.lock.write_unlock();
         }
         {
-            let _rmap = mmu.i_mmap_lock_write();
+            let _rmap = mmu.i_mmap_lock_write_at(at)?;
             let mut vmas = mmu.vmas.write().unwrap_or_else(|e| e.into_inner());
             vmas.retain(|v| !victims.iter().any(|x| Arc::ptr_eq(v, x)));
         }

@@ -8,6 +8,7 @@ use crate::provenance::{
     Attached, InTable, PmdLockGuard, PmdRef, PteLocked, pmd_lock, pmd_trylock, pmdp_collapse_flush,
     pte_offset_map_lock,
 };
+use core::panic::Location;
 use std::sync::atomic::Ordering;
 
 /// What a zap did.
@@ -27,9 +28,10 @@ impl Mmu {
     ///
     /// # Errors
     /// A bad or misaligned address, [`Error::NotMapped`], [`Error::HugeInTheWay`].
+    #[track_caller]
     pub fn unmap_page(&self, va: u64) -> Result<u64, Error> {
         self.check_va(va, PAGE_SIZE)?;
-        let mm = self.mmap_read_lock();
+        let mm = self.mmap_read_lock_at(Location::caller())?;
         let Some(pmd) = mm.pmd_offset(va)? else {
             return Err(Error::NotMapped { addr: va });
         };
@@ -58,6 +60,7 @@ impl Mmu {
     ///
     /// # Errors
     /// A bad range.
+    #[track_caller]
     pub fn madvise_dontneed(&self, start: u64, len: u64, reclaim: bool) -> Result<ZapStats, Error> {
         let end = self.check_range(start, len)?;
         if let Some(vg) = self.lock_vma_under_rcu(start) {
@@ -67,7 +70,7 @@ impl Mmu {
                 );
             }
         }
-        let mm = self.mmap_read_lock();
+        let mm = self.mmap_read_lock_at(Location::caller())?;
         Ok(self.zap_range(start, end, reclaim, |va| mm.pmd_offset(va).ok().flatten()))
     }
 

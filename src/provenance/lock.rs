@@ -33,6 +33,7 @@ pub struct PteLocked<'a, B: PgtableBackend, A: Access> {
 
 impl<'a, B: PgtableBackend, A: Access> PteLocked<'a, B, A> {
     /// Takes the lock of `map`'s table.
+    #[track_caller]
     fn lock(map: PteMap<'a, B>) -> Self {
         // SAFETY: the table is protected while `map` lives (PteMap invariant), and the lock
         // lives as long as the table (backend contract, item 1).
@@ -174,6 +175,7 @@ impl<B: PgtableBackend, A: Access> fmt::Debug for PteLocked<'_, B, A> {
 /// assert_eq!(pte.ptep_get(0x1000).pfn(), Some(pfn));
 /// # Ok::<(), typed_pgtable::Error>(())
 /// ```
+#[track_caller]
 pub fn pte_offset_map_lock<'a, B, P>(
     pmd: &PmdRef<'_, 'a, B, P>,
     addr: u64,
@@ -217,6 +219,7 @@ pub struct PteRoNolock<'a, B: PgtableBackend> {
 impl<'a, B: PgtableBackend> PteRoNolock<'a, B> {
     /// Takes the table's lock (`spin_lock(ptl)`). The table may already be detached; the lock
     /// gives exclusion against its writers, not attachment.
+    #[track_caller]
     pub fn lock(self) -> PteLocked<'a, B, ReadOnly> {
         PteLocked::lock(self.map)
     }
@@ -240,6 +243,7 @@ impl<B: PgtableBackend> fmt::Debug for PteRoNolock<'_, B> {
 ///
 /// # Errors
 /// A [`NoMap`] when there is no table behind the pmd.
+#[track_caller]
 pub fn pte_offset_map_ro_nolock<'a, B: PgtableBackend>(
     pmd: &PmdRef<'_, 'a, B, InTable>,
     addr: u64,
@@ -258,6 +262,7 @@ pub struct PteRwNolock<'a, B: PgtableBackend> {
 
 impl<'a, B: PgtableBackend> PteRwNolock<'a, B> {
     /// Takes the table's lock. Writes need a `revalidate` first.
+    #[track_caller]
     pub fn lock(self) -> PteLocked<'a, B, Unverified> {
         PteLocked::lock(self.map)
     }
@@ -297,6 +302,7 @@ impl<B: PgtableBackend> fmt::Debug for PteRwNolock<'_, B> {
 ///
 /// # Errors
 /// A [`NoMap`] when there is no table behind the pmd.
+#[track_caller]
 pub fn pte_offset_map_rw_nolock<'a, B: PgtableBackend>(
     pmd: &PmdRef<'_, 'a, B, InTable>,
     addr: u64,

@@ -31,6 +31,7 @@ pub struct PteMap<'a, B: PgtableBackend> {
 impl<'a, B: PgtableBackend> PteMap<'a, B> {
     /// Opens the map for the value of `pmd`, in the kernel's order: RCU first, then one read
     /// of the pmd, then classification of that snapshot.
+    #[track_caller]
     pub(crate) fn open<P: Provenance>(
         pmd: &PmdRef<'_, 'a, B, P>,
         addr: u64,
@@ -188,6 +189,7 @@ impl<B: PgtableBackend> fmt::Debug for PteMap<'_, B> {
 /// let raw = PmdRef::unprotected(&mmu, value);
 /// let _ = pte_offset_map(&raw, 0); // `Unprotected` does not prove protection
 /// ```
+#[track_caller]
 pub fn pte_offset_map<'a, B, P>(
     pmd: &PmdRef<'_, 'a, B, P>,
     addr: u64,
@@ -225,6 +227,7 @@ where
 /// assert_eq!(mmu.audit().violations(), 0);
 /// # Ok::<(), typed_pgtable::Error>(())
 /// ```
+#[track_caller]
 pub unsafe fn pte_offset_map_unprotected<'a, B: PgtableBackend>(
     pmd: &PmdRef<'_, 'a, B, Unprotected>,
     addr: u64,

@@ -179,6 +179,7 @@ pub struct PmdLockGuard<'m, 'a, B: PgtableBackend> {
 }
 
 /// Takes the PMD lock of an in-table slot (`pmd_lock`).
+#[track_caller]
 pub fn pmd_lock<'m, 'a, B: PgtableBackend>(
     pmd: &PmdRef<'m, 'a, B, InTable>,
 ) -> PmdLockGuard<'m, 'a, B> {
@@ -193,6 +194,7 @@ pub fn pmd_lock<'m, 'a, B: PgtableBackend>(
 
 /// Tries to take the PMD lock without waiting (`spin_trylock`). Used where the lock order is
 /// inverted (PT_RECLAIM takes the PMD lock while holding a PTE lock), which must never block.
+#[track_caller]
 pub fn pmd_trylock<'m, 'a, B: PgtableBackend>(
     pmd: &PmdRef<'m, 'a, B, InTable>,
 ) -> Option<PmdLockGuard<'m, 'a, B>> {

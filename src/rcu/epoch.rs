@@ -14,6 +14,7 @@
 use super::{RcuCallback, RcuDomain};
 use crate::bound::{OnItsThread, RcuBound};
 use core::marker::PhantomData;
+use core::panic::Location;
 use crossbeam_epoch::{Collector, Guard, LocalHandle};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,7 +59,21 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub struct EpochSection {
     // INVARIANT: `OnItsThread`'s: this struct is `!Send`/`!Sync` through `_not_send`.
     _pin: OnItsThread<Guard>,
+    domain: u64,
     _not_send: RcuBound,
+}
+
+impl Drop for EpochSection {
+    fn drop(&mut self) {
+        let domain = self.domain;
+        let _ = SECTIONS.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                if let Some(i) = s.iter().rposition(|(d, _)| *d == domain) {
+                    s.remove(i);
+                }
+            }
+        });
+    }
 }
 
 impl core::fmt::Debug for EpochSection {
@@ -72,6 +87,10 @@ type HandleCache = RefCell<Vec<(u64, Weak<()>, LocalHandle, Collector)>>;
 
 std::thread_local! {
     static HANDLES: HandleCache = const { RefCell::new(Vec::new()) };
+    /// The read sections open on this thread, innermost last: (domain id, where it was
+    /// opened). The lock checker's view of RCU; a section leaked with `mem::forget` stays here.
+    static SECTIONS: RefCell<Vec<(u64, &'static Location<'static>)>> =
+        const { RefCell::new(Vec::new()) };
 }
 
 impl EpochRcu {
@@ -143,18 +162,68 @@ impl EpochRcu {
         }
     }
 
-    fn wait_for(&self, done: &AtomicBool) {
+    /// Where the innermost read section of this domain open on the calling thread began, if
+    /// one is open (including one leaked with `mem::forget`).
+    pub fn section_open_here(&self) -> Option<&'static Location<'static>> {
+        SECTIONS
+            .try_with(|s| {
+                s.try_borrow()
+                    .ok()?
+                    .iter()
+                    .rev()
+                    .find(|(d, _)| *d == self.id)
+                    .map(|(_, at)| *at)
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// The lock checker's rule for a wait for a grace period: it would wait for the caller's
+    /// own read section, forever.
+    #[track_caller]
+    fn check_not_in_section(&self, what: &str) {
+        if let Some(at) = self.section_open_here() {
+            panic!(
+                "lock checker: {what} inside an RCU read section of the same domain would wait \
+                 for itself forever (rule I9: grace periods are waited for outside read \
+                 sections); the section was opened at {at}, the wait is at {}",
+                Location::caller()
+            );
+        }
+    }
+
+    /// [`rcu_barrier`](RcuDomain::rcu_barrier) that gives up after `timeout` (for example when
+    /// a read section was leaked on another thread). Returns whether the barrier completed.
+    pub fn rcu_barrier_timeout(&self, timeout: std::time::Duration) -> bool {
+        let done = self.queue_marker();
+        self.wait_for(&done, Some(std::time::Instant::now() + timeout))
+    }
+
+    fn queue_marker(&self) -> Arc<AtomicBool> {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let guard = self.pin();
+        guard.defer(move || flag.store(true, Ordering::Release));
+        guard.flush();
+        done
+    }
+
+    fn wait_for(&self, done: &AtomicBool, until: Option<std::time::Instant>) -> bool {
         let mut spins = 0u32;
         while !done.load(Ordering::Acquire) {
             self.pin().flush();
             spins = spins.wrapping_add(1);
             if spins % 8 == 0 {
+                if until.is_some_and(|u| std::time::Instant::now() >= u) {
+                    return false;
+                }
                 std::thread::sleep(std::time::Duration::from_micros(50));
             } else {
                 std::thread::yield_now();
             }
         }
         self.counters.grace_periods.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -183,9 +252,17 @@ impl core::fmt::Debug for EpochRcu {
 unsafe impl RcuDomain for EpochRcu {
     type ReadState = EpochSection;
 
+    #[track_caller]
     fn read_lock_raw(&self) -> EpochSection {
+        let at = Location::caller();
+        let _ = SECTIONS.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                s.push((self.id, at));
+            }
+        });
         EpochSection {
             _pin: OnItsThread(self.pin()),
+            domain: self.id,
             _not_send: PhantomData,
         }
     }
@@ -201,18 +278,23 @@ unsafe impl RcuDomain for EpochRcu {
         guard.flush();
     }
 
+    /// # Panics
+    /// Inside a read section of this domain on the calling thread (the lock checker's report:
+    /// the wait could never end).
+    #[track_caller]
     fn synchronize(&self) {
-        self.rcu_barrier();
+        self.check_not_in_section("synchronize_rcu");
+        let done = self.queue_marker();
+        self.wait_for(&done, None);
     }
 
+    /// # Panics
+    /// As [`synchronize`](Self::synchronize).
+    #[track_caller]
     fn rcu_barrier(&self) {
-        let done = Arc::new(AtomicBool::new(false));
-        let flag = done.clone();
-        let guard = self.pin();
-        guard.defer(move || flag.store(true, Ordering::Release));
-        guard.flush();
-        drop(guard);
-        self.wait_for(&done);
+        self.check_not_in_section("rcu_barrier");
+        let done = self.queue_marker();
+        self.wait_for(&done, None);
     }
 }
 

@@ -85,6 +85,7 @@ pub unsafe trait RcuDomain: Sync {
     fn rcu_barrier(&self);
 
     /// Opens a read section (`rcu_read_lock`). The guard ends it when dropped.
+    #[track_caller]
     fn read_lock(&self) -> RcuGuard<'_, Self>
     where
         Self: Sized,

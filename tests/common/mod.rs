@@ -24,6 +24,13 @@ pub fn assert_clean(mmu: &Mmu) {
     assert!(problems.is_empty(), "inconsistent tables: {problems:?}");
 }
 
+/// Runs `f` on another thread and waits for it: the other side of an interleaving that a
+/// test replays step by step. The calling thread keeps its locks and read sections, which the
+/// lock checker would (rightly) refuse to see the other side take on the same thread.
+pub fn on_another_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    thread::scope(|s| s.spawn(f).join().expect("the other thread panicked"))
+}
+
 /// How long a concurrent test runs: at least `run`, and, on a loaded machine where the
 /// workers have not made progress by then, until they have, but never past `run * 3`.
 pub struct Stopwatch {
