@@ -51,6 +51,14 @@
 //! read section, and never call an operation that waits for a grace period
 //! ([`Mmu::collapse_huge_page`], [`Mmu::rcu_barrier`]) inside one: the grace period would wait
 //! for the section, as in the kernel.
+//!
+//! # The lock checker
+//!
+//! That rule, recursive locking and the lock order (I10) are checked before every blocking
+//! lock call, lockdep-style ([`lockdep`]): an operation that would deadlock returns
+//! [`Error::LockViolation`] naming the rule and both sites, a bare lock call panics with the
+//! same report, and an MMU dropped with a read section leaked reports it instead of waiting
+//! forever. On by default (feature `lock-checker`).
 
 mod audit;
 mod backend;

@@ -118,7 +118,7 @@ impl Mmu {
     /// # Panics
     /// With the lock checker's report if the call could deadlock: inside an RCU read section
     /// of this MMU, with the mmap lock already held, or after a lock that comes later in the
-    /// order (see [`lockdep`](super::lockdep)).
+    /// order (see [`super::lockdep`]).
     #[track_caller]
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
         let at = Location::caller();

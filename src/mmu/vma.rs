@@ -227,7 +227,7 @@ impl Mmu {
     ///
     /// # Panics
     /// With the lock checker's report if the call could deadlock (see
-    /// [`lockdep`](super::lockdep)).
+    /// [`super::lockdep`]).
     #[track_caller]
     pub fn i_mmap_lock_read(&self) -> RmapReadGuard<'_> {
         let guard = self.i_mmap_lock_read_at(Location::caller());

@@ -77,7 +77,8 @@ pub unsafe trait RcuDomain: Sync {
 
     /// Blocks until a grace period has elapsed (`synchronize_rcu`).
     ///
-    /// Calling it from inside a read section of the same domain deadlocks, as in the kernel.
+    /// Calling it from inside a read section of the same domain would deadlock, as in the
+    /// kernel; [`EpochRcu`] panics with the lock checker's report instead.
     fn synchronize(&self);
 
     /// Blocks until every callback queued by [`call_rcu`](Self::call_rcu) before this call has
