@@ -1087,7 +1087,8 @@ mod b9_ptlock_freed_before_grace_period {
     //! so freeing the table early is freeing its lock early.
     //! [`buggy_lock_of_a_table_freed_at_once`] holds a `pte_offset_map_ro_nolock` map, runs a
     //! PT_RECLAIM that frees the table and its lock at once (laundered through the `unsafe`
-    //! `DetachedPmd::from_pmd`), and then takes the lock: the audit reports the access `lock`.
+    //! `DetachedPmd::from_pmd`), and then takes the lock: the audit reports the free
+    //! itself (I9, no grace period since the unlink) and then the access `lock`.
     //! [`fixed_reclaim_keeps_the_lock_until_the_grace_period`] does the same with
     //! `Mmu::madvise_dontneed(.., reclaim = true)` (`pte_free_defer`): the lock is valid, and
     //! [`fixed_nolock_lockers_vs_reclaim`] runs `ro_nolock` lockers against reclaiming zaps.
@@ -1096,6 +1097,7 @@ mod b9_ptlock_freed_before_grace_period {
     //! fixed tests fail (the concurrent one with `lock` and `read` reports).
 
     use super::*;
+    use typed_pgtable::mmu::AuditRule;
     use typed_pgtable::provenance::{
         DetachedPmd, Fresh, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock,
         pte_offset_map_ro_nolock,
@@ -1129,7 +1131,9 @@ mod b9_ptlock_freed_before_grace_period {
             let laundered = unsafe { DetachedPmd::<Mmu, Fresh>::from_pmd(&mmu, value) }.unwrap();
             laundered.pte_free();
         }
-        assert_eq!(mmu.audit().violations(), 0);
+        // The free itself breaks I9: no grace period since the unlink.
+        assert_eq!(mmu.audit().violations_of(AuditRule::FreeWithoutGrace), 1);
+        assert_eq!(mmu.audit().violations_of(AuditRule::UseAfterFree), 0);
 
         let locked = ro.lock();
         drop(locked);

@@ -1,12 +1,56 @@
-//! The page-table use-after-free audit.
+//! The audit: page-table use-after-free, and the protocol rules the types cannot see.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::vec::Vec;
 
-/// One detected page-table use-after-free.
+/// The rule an audit violation breaks (the numbering of the kernel protocol, I1–I11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuditRule {
+    /// I1/I9: a table (or its lock) used after it was freed, or a frame mapped as a table
+    /// that is none.
+    UseAfterFree,
+    /// I2: a write through a lock that proved attachment, into a table that is no longer
+    /// installed.
+    WriteDetached,
+    /// I7: a write through the owner's map into a table that is already published.
+    WriteAfterPublish,
+    /// I8: a slot that names a table cleared without its PMD lock and the table's PTE lock,
+    /// and without exclusivity.
+    ClearWithoutLocks,
+    /// I9: a table freed at once although lockless walkers may still hold it (no grace period
+    /// since it was unlinked).
+    FreeWithoutGrace,
+}
+
+impl AuditRule {
+    /// Every rule, in order.
+    pub const ALL: [AuditRule; 5] = [
+        AuditRule::UseAfterFree,
+        AuditRule::WriteDetached,
+        AuditRule::WriteAfterPublish,
+        AuditRule::ClearWithoutLocks,
+        AuditRule::FreeWithoutGrace,
+    ];
+
+    /// The rule, as a report names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditRule::UseAfterFree => "I1/I9 use-after-free",
+            AuditRule::WriteDetached => "I2 write into a detached table",
+            AuditRule::WriteAfterPublish => "I7 owner's write after publication",
+            AuditRule::ClearWithoutLocks => "I8 clear without both locks",
+            AuditRule::FreeWithoutGrace => "I9 immediate free of a walkable table",
+        }
+    }
+}
+
+/// One detected violation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Violation {
+    /// The rule broken.
+    pub rule: AuditRule,
     /// The frame that was accessed.
     pub pfn: u64,
     /// The generation the map expected (the frame's generation when the pmd was read).
@@ -24,8 +68,13 @@ impl core::fmt::Display for Violation {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "page-table use-after-free: {} of frame {:#x} through {} expected generation {}, found {}",
-            self.access, self.pfn, self.op, self.expected_gen, self.found_gen
+            "{}: {} of frame {:#x} through {} expected generation {}, found {}",
+            self.rule.name(),
+            self.access,
+            self.pfn,
+            self.op,
+            self.expected_gen,
+            self.found_gen
         )
     }
 }
@@ -43,6 +92,7 @@ const KEEP: usize = 64;
 pub struct Audit {
     count: AtomicU64,
     checks: AtomicU64,
+    per_rule: [AtomicU64; AuditRule::ALL.len()],
     log: Mutex<Vec<Violation>>,
 }
 
@@ -57,18 +107,35 @@ impl Audit {
     ) {
         self.checks.fetch_add(1, Ordering::Relaxed);
         if expected != found {
-            self.count.fetch_add(1, Ordering::Relaxed);
-            let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-            if log.len() < KEEP {
-                log.push(Violation {
-                    pfn,
-                    expected_gen: expected,
-                    found_gen: found,
-                    op,
-                    access,
-                });
-            }
+            self.record(Violation {
+                rule: AuditRule::UseAfterFree,
+                pfn,
+                expected_gen: expected,
+                found_gen: found,
+                op,
+                access,
+            });
         }
+    }
+
+    /// Records a violation.
+    pub(crate) fn record(&self, v: Violation) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let i = AuditRule::ALL
+            .iter()
+            .position(|r| *r == v.rule)
+            .unwrap_or(0);
+        self.per_rule[i].fetch_add(1, Ordering::Relaxed);
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() < KEEP {
+            log.push(v);
+        }
+    }
+
+    /// Violations of one rule counted so far.
+    pub fn violations_of(&self, rule: AuditRule) -> u64 {
+        let i = AuditRule::ALL.iter().position(|r| *r == rule).unwrap_or(0);
+        self.per_rule[i].load(Ordering::Relaxed)
     }
 
     /// Violations counted so far.

@@ -1,6 +1,7 @@
 //! The in-memory MMU as a [`PgtableBackend`].
 
 use super::Mmu;
+use super::audit::{AuditRule, Violation};
 use super::entry::{PmdKind, PmdVal, Pte, TableRef, classify_pmd, table_entry};
 use super::frames::{ENTRIES, FrameKind, PmdSlot};
 use super::lockdep::{self, How, LockClass};
@@ -62,6 +63,79 @@ impl Mmu {
         if let Some(pfn) = old.pfn().filter(|_| !old.is_special()) {
             self.put_pages_deferred(std::vec![pfn]);
         }
+    }
+
+    /// The audit's side of an unlink: the table is detached now, and walkers that read the
+    /// slot before may hold it until the next grace period.
+    pub(crate) fn table_unlinked(&self, pfn: u64) {
+        let d = self.frames.desc(pfn);
+        d.installed.store(false, Ordering::Relaxed);
+        d.unlinked_at
+            .store(self.rcu.stats().grace_periods + 1, Ordering::Relaxed);
+    }
+
+    /// Rule I8: a slot that names a table is cleared under its PMD lock and the table's PTE
+    /// lock, or under an exclusive token (the lock checker knows what this thread holds).
+    fn audit_clear(&self, slot: &PmdSlot) {
+        if !cfg!(feature = "lock-checker") {
+            return;
+        }
+        let PmdKind::Table(table) = self.snapshot(slot.0.load(Ordering::Acquire)).kind() else {
+            return;
+        };
+        let id = self.rcu.id();
+        let Some((pmd_table, _)) = self.frames.locate(slot) else {
+            return;
+        };
+        let locked = lockdep::holds(id, LockClass::Pmd, pmd_table)
+            && lockdep::holds(id, LockClass::Pte, table);
+        if !locked && !lockdep::holds(id, LockClass::Mmap, lockdep::EXCLUSIVE) {
+            self.audit_rule(
+                AuditRule::ClearWithoutLocks,
+                table,
+                "pmdp_collapse_flush",
+                "clear",
+            );
+        }
+    }
+
+    /// Rule I9: an immediate free of a table that was unlinked needs a grace period since.
+    fn audit_free_now(&self, table: &TableRef) {
+        let at = self
+            .frames
+            .desc(table.pfn)
+            .unlinked_at
+            .load(Ordering::Relaxed);
+        if at != 0 && self.rcu.stats().grace_periods < at {
+            self.audit_rule(AuditRule::FreeWithoutGrace, table.pfn, "pte_free", "free");
+        }
+    }
+
+    /// Rules I2 and I7: a write through a lock that proved attachment goes into an installed
+    /// table; a write through an owner's map into one that is not.
+    fn audit_write(&self, t: &TableRef, kind: MapKind) {
+        let installed = self.frames.desc(t.pfn).installed.load(Ordering::Relaxed);
+        match kind {
+            MapKind::MapLock | MapKind::RwNolock if !installed => {
+                self.audit_rule(AuditRule::WriteDetached, t.pfn, kind.name(), "write");
+            }
+            MapKind::Owned if installed => {
+                self.audit_rule(AuditRule::WriteAfterPublish, t.pfn, kind.name(), "write");
+            }
+            _ => {}
+        }
+    }
+
+    fn audit_rule(&self, rule: AuditRule, pfn: u64, op: &'static str, access: &'static str) {
+        let generation = self.frames.desc(pfn).generation.load(Ordering::Acquire);
+        self.frames.audit.record(Violation {
+            rule,
+            pfn,
+            expected_gen: generation,
+            found_gen: generation,
+            op,
+            access,
+        });
     }
 
     fn check(&self, t: &TableRef, kind: MapKind, access: &'static str) {
@@ -180,6 +254,7 @@ unsafe impl PgtableBackend for Mmu {
                 .swap(pte.raw(), Ordering::AcqRel),
         );
         self.check(table, kind, "write");
+        self.audit_write(table, kind);
         self.drop_pte_page(old);
         Ok(())
     }
@@ -191,6 +266,7 @@ unsafe impl PgtableBackend for Mmu {
             .0
             .swap(0, Ordering::AcqRel);
         self.check(table, kind, "write");
+        self.audit_write(table, kind);
         let old = Pte::from_raw(v);
         self.drop_pte_page(old);
         old
@@ -247,6 +323,10 @@ unsafe impl PgtableBackend for Mmu {
     }
 
     unsafe fn pmd_populate(&self, slot: &PmdSlot, table: &TableRef) {
+        self.frames
+            .desc(table.pfn)
+            .installed
+            .store(true, Ordering::Relaxed);
         // The release store orders every write to the table (and its lock's init) before the
         // entry that publishes it (`smp_wmb(); pmd_populate()`).
         slot.0.store(table_entry(table.pfn), Ordering::Release);
@@ -256,11 +336,16 @@ unsafe impl PgtableBackend for Mmu {
     }
 
     unsafe fn pmdp_collapse_flush(&self, slot: &PmdSlot) -> PmdVal {
+        self.audit_clear(slot);
         let old = slot.0.swap(0, Ordering::AcqRel);
         // No TLB to flush in this model; a hardware walker would be shot down here. The table
         // cannot have been freed (both locks are held), so its current generation is the one
         // its readers recorded.
-        self.snapshot(old)
+        let snap = self.snapshot(old);
+        if let PmdKind::Table(t) = snap.kind() {
+            self.table_unlinked(t);
+        }
+        snap
     }
 
     unsafe fn pgtable_trans_huge_deposit(&self, slot: &PmdSlot, table: &TableRef) -> bool {
@@ -294,6 +379,7 @@ unsafe impl PgtableBackend for Mmu {
     }
 
     unsafe fn pte_free(&self, table: &TableRef) {
+        self.audit_free_now(table);
         self.counters
             .tables_freed_now
             .fetch_add(1, Ordering::Relaxed);

@@ -81,6 +81,13 @@ pub(crate) struct FrameDesc {
     /// For a PMD table: the first virtual address it maps (upper tables are never freed while
     /// the MMU lives, so this never changes once set).
     pub(crate) pmd_base: AtomicU64,
+    /// For a PTE table: whether a slot names it now (the audit's view, kept by populate and
+    /// flush).
+    pub(crate) installed: AtomicBool,
+    /// For a PTE table that was unlinked: the RCU domain's completed grace-period waits at the
+    /// unlink, plus one (0: never unlinked). An immediate free needs one to have completed
+    /// since.
+    pub(crate) unlinked_at: AtomicU64,
 }
 
 struct Bitmap {
@@ -315,6 +322,8 @@ impl Frames {
         d.refs.store(0, Ordering::Relaxed);
         d.compound.store(false, Ordering::Relaxed);
         d.head_of.store(0, Ordering::Relaxed);
+        d.installed.store(false, Ordering::Relaxed);
+        d.unlinked_at.store(0, Ordering::Relaxed);
         d.generation.fetch_add(1, Ordering::AcqRel);
         for i in 0..ENTRIES {
             self.cell(pfn, i).0.store(POISON, Ordering::Release);

@@ -197,6 +197,21 @@ fn inversion_rule(held: LockClass, taken: LockClass) -> &'static str {
     }
 }
 
+/// The instance under which an exclusive token (`detach_range`) is recorded: a pseudo-lock
+/// of the mmap class, distinct from the mmap lock itself (instance 0).
+pub(crate) const EXCLUSIVE: u64 = 1;
+
+/// Whether this thread holds the lock (`class`, `instance`) of MMU `mmu` (always `false`
+/// without the checker).
+pub(crate) fn holds(mmu: u64, class: LockClass, instance: u64) -> bool {
+    cfg!(feature = "lock-checker")
+        && with_held(|held| {
+            held.iter()
+                .any(|h| h.mmu == mmu && h.class == class && h.instance == instance)
+        })
+        .unwrap_or(false)
+}
+
 /// Records that this thread took the lock.
 pub(crate) fn acquired(mmu: u64, class: LockClass, instance: u64, at: &'static Location<'static>) {
     if cfg!(feature = "lock-checker") {

@@ -77,7 +77,7 @@ mod thp;
 mod vma;
 mod zap;
 
-pub use audit::{Audit, Violation};
+pub use audit::{Audit, AuditRule, Violation};
 pub use entry::{
     ACCESSED, ADDR_MASK, DIRTY, HUGE, MIGRATION_TYPE, POISON, PRESENT, PmdKind, PmdVal, Pte,
     RESERVED, RW, TableRef, USER, classify_pmd, huge_entry, migration_entry, table_entry,

@@ -177,7 +177,16 @@ impl Mmu {
             return Err(Error::NotMapped { addr: va });
         };
         let _pml = pmd_lock(&pmd);
-        Ok(pmd.slot().0.swap(raw, Ordering::AcqRel))
+        let old = pmd.slot().0.swap(raw, Ordering::AcqRel);
+        // Keep the audit's view of which tables are installed.
+        let frames = self.frames.nframes() as u64;
+        if let super::entry::PmdKind::Table(t) = super::entry::classify_pmd(old, frames) {
+            self.table_unlinked(t);
+        }
+        if let super::entry::PmdKind::Table(t) = super::entry::classify_pmd(raw, frames) {
+            self.frames.desc(t).installed.store(true, Ordering::Relaxed);
+        }
+        Ok(old)
     }
 
     /// A full dump of the page tables, deposits and the free-frame count (under the mmap

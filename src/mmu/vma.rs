@@ -595,6 +595,8 @@ impl<'m> MmapWriteGuard<'m> {
             }
             va += PMD_SIZE;
         }
+        // The audit's view: slots this thread may clear without the PTE lock (rule I8).
+        lockdep::acquired(mmu.rcu.id(), LockClass::Mmap, lockdep::EXCLUSIVE, at);
         Ok(Exclusive {
             mm: self,
             start,
@@ -671,6 +673,12 @@ unsafe impl<'m> ExclusiveAccess<'m, Mmu> for Exclusive<'_, 'm> {
             None if self.mmu().pmd_slot(addr).is_some() => Err(Error::OutsideVma { addr }),
             None => Ok(None),
         }
+    }
+}
+
+impl Drop for Exclusive<'_, '_> {
+    fn drop(&mut self) {
+        lockdep::released(self.mm.mmu().rcu.id(), LockClass::Mmap, lockdep::EXCLUSIVE);
     }
 }
 

@@ -185,7 +185,7 @@ where
     P: ProvesProtection,
 {
     loop {
-        let map = PteMap::open(pmd, addr, MapKind::MapLock, true)?;
+        let map = PteMap::open(pmd, addr, P::LOCK_KIND, true)?;
         let locked = PteLocked::<B, P::LockAccess>::lock(map);
         match P::recheck_slot(&pmd.src) {
             None => return Ok(locked),

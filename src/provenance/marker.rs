@@ -1,6 +1,6 @@
 //! The provenance markers and the sealed traits that bound the map functions.
 
-use super::backend::PgtableBackend;
+use super::backend::{MapKind, PgtableBackend};
 use crate::bound::RcuBound;
 use core::marker::PhantomData;
 
@@ -95,6 +95,11 @@ pub trait ProvesProtection: Provenance {
     /// (rechecked against the live slot), `Unverified` for copies (a copy compared with itself
     /// proves nothing), `Owned` for detached tables.
     type LockAccess: Access;
+
+    /// What a backend is told the lock's map is: a lock of a table in a slot, or of a table
+    /// its holder owns (so that an audit can check attachment against the right rule).
+    #[doc(hidden)]
+    const LOCK_KIND: MapKind;
 }
 
 impl sealed::Sealed for InTable {}
@@ -158,12 +163,15 @@ impl Provenance for Unprotected {
 
 impl ProvesProtection for InTable {
     type LockAccess = Attached;
+    const LOCK_KIND: MapKind = MapKind::MapLock;
 }
 impl ProvesProtection for CopiedUnderRcu<'_> {
     type LockAccess = Unverified;
+    const LOCK_KIND: MapKind = MapKind::MapLock;
 }
 impl ProvesProtection for Detached {
     type LockAccess = Owned;
+    const LOCK_KIND: MapKind = MapKind::Owned;
 }
 
 /// Access state of a locked PTE map: the type parameter of
