@@ -18,8 +18,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use typed_pgtable::mmu::AuditRule;
+use typed_pgtable::mmu::lockdep;
 use typed_pgtable::mmu::{Mmu, MmuConfig, PMD_SIZE, VmaKind};
-use typed_pgtable::provenance::{pte_offset_map, pte_offset_map_lock, pte_offset_map_unprotected};
+use typed_pgtable::provenance::{
+    Attached, InTable, PmdRef, PteLocked, pte_offset_map, pte_offset_map_lock,
+    pte_offset_map_rw_nolock, pte_offset_map_unprotected,
+};
 
 const BASE: u64 = 0x4000_0000;
 /// Where `move_normal_pmd` parks tables: one VMA per region, of the region's kind, in another
@@ -37,6 +42,8 @@ enum Kind {
     Walk,
     Gup,
     LockedWalk,
+    NolockWrite,
+    MappedRead,
     Fault,
     Huge,
     Split,
@@ -49,10 +56,12 @@ enum Kind {
     Mremap,
 }
 
-const ALL: [Kind; 13] = [
+const ALL: [Kind; 15] = [
     Kind::Walk,
     Kind::Gup,
     Kind::LockedWalk,
+    Kind::NolockWrite,
+    Kind::MappedRead,
     Kind::Fault,
     Kind::Huge,
     Kind::Split,
@@ -64,15 +73,17 @@ const ALL: [Kind; 13] = [
     Kind::Munmap,
     Kind::Mremap,
 ];
-/// The updaters' operations: everything but the three kinds of reader.
-const UPDATES: &[Kind] = ALL.split_at(3).1;
+/// The updaters' operations: everything but the five kinds of reader.
+const UPDATES: &[Kind] = ALL.split_at(5).1;
 
 impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Walk => "lockless walk",
             Kind::Gup => "gup_fast",
-            Kind::LockedWalk => "locked walk",
+            Kind::LockedWalk => "locked write",
+            Kind::NolockWrite => "rw_nolock write",
+            Kind::MappedRead => "mapped read",
             Kind::Fault => "fault",
             Kind::Huge => "huge fault",
             Kind::Split => "split",
@@ -230,6 +241,20 @@ fn page(r: u64, p: u64) -> u64 {
     region(r) + p * 0x1000
 }
 
+/// Flips the accessed bit of the page at `va` through a lock that proved attachment.
+fn toggle_young(pte: &PteLocked<'_, Mmu, Attached>, va: u64) -> bool {
+    let old = pte.ptep_get(va);
+    if !old.is_present() || old.is_special() {
+        return false;
+    }
+    let new = if old.is_young() {
+        old.mkold()
+    } else {
+        old.mkyoung()
+    };
+    pte.set_pte(va, new).is_ok()
+}
+
 struct World<'a> {
     mmu: &'a Mmu,
     o: &'a Opts,
@@ -279,40 +304,60 @@ impl World<'_> {
         self.stats.count(Kind::Gup, ok);
     }
 
+    /// Case 3 under the mmap read lock or a VMA read lock, one of three ways: a
+    /// `pte_offset_map_lock` writer (the lock's recheck proves attachment), an `rw_nolock`
+    /// writer that revalidates with `pmd_same` under the PTE lock before it writes, or a plain
+    /// `pte_offset_map` reader that yields between entries (only the map's own read section
+    /// keeps the table alive against a retract, which takes neither lock).
     fn locked_walk(&self, rng: &mut Rng) {
         let va = page(rng.below(self.o.regions), rng.below(PAGES));
-        let write = |pmd: Option<
-            typed_pgtable::provenance::PmdRef<'_, '_, Mmu, typed_pgtable::provenance::InTable>,
-        >| {
+        let kind = [Kind::LockedWalk, Kind::NolockWrite, Kind::MappedRead][rng.below(3) as usize];
+        // Now and then give the CPU away inside the window (a yield costs a time slice when
+        // every core is busy, so not every time).
+        let widen = rng.below(128) == 0;
+        let pause = || {
+            if widen {
+                std::thread::yield_now();
+            }
+        };
+        let run = |pmd: Option<PmdRef<'_, '_, Mmu, InTable>>| {
             let Some(pmd) = pmd else { return false };
-            let Ok(pte) = pte_offset_map_lock(&pmd, va) else {
-                return false;
-            };
-            let old = pte.ptep_get(va);
-            if old.is_present() && !old.is_special() {
-                pte.set_pte(
-                    va,
-                    if old.is_young() {
-                        old.mkold()
-                    } else {
-                        old.mkyoung()
-                    },
-                )
-                .is_ok()
-            } else {
-                false
+            match kind {
+                Kind::LockedWalk => match pte_offset_map_lock(&pmd, va) {
+                    Ok(pte) => toggle_young(&pte, va),
+                    Err(_) => false,
+                },
+                Kind::NolockWrite => {
+                    let Ok(nolock) = pte_offset_map_rw_nolock(&pmd, va) else {
+                        return false;
+                    };
+                    pause();
+                    match nolock.lock().revalidate(&pmd) {
+                        Ok(pte) => toggle_young(&pte, va),
+                        Err(_) => false,
+                    }
+                }
+                _ => match pte_offset_map(&pmd, va) {
+                    Ok(map) => (0..4)
+                        .map(|i| {
+                            pause();
+                            map.ptep_get(va + i * 0x1000).is_present()
+                        })
+                        .fold(false, |a, b| a | b),
+                    Err(_) => false,
+                },
             }
         };
         let ok = if rng.below(2) == 0 {
             match self.mmu.lock_vma_under_rcu(va) {
-                Some(vg) => write(vg.pmd_offset(va).ok().flatten()),
+                Some(vg) => run(vg.pmd_offset(va).ok().flatten()),
                 None => false,
             }
         } else {
             let mm = self.mmu.mmap_read_lock();
-            write(mm.pmd_offset(va).ok().flatten())
+            run(mm.pmd_offset(va).ok().flatten())
         };
-        self.stats.count(Kind::LockedWalk, ok);
+        self.stats.count(kind, ok);
     }
 
     fn populate(&self, r: u64, rng: &mut Rng, n: u64) {
@@ -562,6 +607,28 @@ fn main() -> ExitCode {
     );
     println!("{:<16} {:>12}", "audit checks", mmu.audit().checks());
     println!("{:<16} {:>12}", "violations", violations);
+    for rule in AuditRule::ALL {
+        println!(
+            "  {:<42} {:>8}",
+            rule.name(),
+            mmu.audit().violations_of(rule)
+        );
+    }
+    let locks = lockdep::stats();
+    println!("{:<16} {:>12}", "lock checks", locks.checks);
+    println!("{:<16} {:>12}", "lock reports", locks.reports());
+    for (what, n) in [
+        ("sleeping lock in a read section", locks.sleeping_in_section),
+        (
+            "grace-period wait in a read section",
+            locks.grace_period_in_section,
+        ),
+        ("recursive locking", locks.recursion),
+        ("I10 lock order", locks.order),
+        ("leaked read sections", locks.leaked_sections),
+    ] {
+        println!("  {what:<42} {n:>8}");
+    }
     println!("{:<16} {:>12}", "lost anon pages", s.anon_pages_lost);
     println!("{:<16} {:>12}", "bad tables", problems.len());
     for v in mmu.audit().report().iter().take(5) {
@@ -576,7 +643,11 @@ fn main() -> ExitCode {
         fail = true;
     }
     if violations > 0 {
-        eprintln!("FAIL: {violations} page-table use-after-free detected");
+        eprintln!("FAIL: the audit reported {violations} protocol violations");
+        fail = true;
+    }
+    if locks.reports() > 0 {
+        eprintln!("FAIL: the lock checker reported {}", locks.reports());
         fail = true;
     }
     if s.anon_pages_lost > 0 || !problems.is_empty() {

@@ -185,6 +185,7 @@ mod b1_gup_fast_vs_collapse {
     //! concurrent test fails (pins of committed pages).
 
     use super::*;
+    use typed_pgtable::mmu::check::page_table_check_pte_clear_range;
     use typed_pgtable::provenance::{pmd_lock, pmdp_collapse_flush, pte_offset_map_lock};
 
     const VA: u64 = BASE + 0x3000;
@@ -272,6 +273,7 @@ mod b1_gup_fast_vs_collapse {
             .map(|&p| mmu.try_get_page(p).expect("mapped in the detached table"))
             .collect();
         drop(pml);
+        page_table_check_pte_clear_range(mmu, BASE, &table.pmd());
         table.pte_free_defer();
         Some(kept)
     }
@@ -734,6 +736,7 @@ mod b6_move_normal_pmd_vs_retract {
     //! and [`fixed_moves_vs_retracts`] fail (the bogus table is freed twice).
 
     use super::*;
+    use typed_pgtable::mmu::check::page_table_check_pte_clear_range;
     use typed_pgtable::provenance::{
         DetachedPmd, Retired, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock,
     };
@@ -849,6 +852,7 @@ mod b6_move_normal_pmd_vs_retract {
                 let ptl = pte_offset_map_lock(&pmd, OLD).unwrap();
                 let table = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
                 drop(pml);
+                page_table_check_pte_clear_range(mmu, OLD, &table.pmd());
                 table.pte_free_defer();
             });
             ready_rx.recv().unwrap();

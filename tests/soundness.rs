@@ -18,6 +18,7 @@ mod common;
 use common::assert_clean;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use typed_pgtable::mmu::check::page_table_check_pte_clear_range;
 use typed_pgtable::mmu::{FrameKind, Mmu, MmuConfig, PAGE_SIZE, PMD_SIZE, PmdKind, Pte, VmaKind};
 use typed_pgtable::provenance::{
     DetachedPmd, Retired, pmd_lock, pmdp_collapse_flush, pte_offset_map, pte_offset_map_lock,
@@ -385,6 +386,7 @@ fn a_retracted_table_outlives_its_locks() {
     );
     // A lockless walker that copied the pmd before the retract may still be inside it: the
     // only free is after a grace period, and the entry's page reference goes with the table.
+    page_table_check_pte_clear_range(&mmu, A, &table.pmd());
     table.pte_free_defer();
     assert_eq!(mmu.frame_kind(pfn), Some(FrameKind::Data));
     mmu.rcu_barrier();

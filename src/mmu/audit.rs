@@ -14,6 +14,11 @@ pub enum AuditRule {
     /// I2: a write through a lock that proved attachment, into a table that is no longer
     /// installed.
     WriteDetached,
+    /// I5: a GUP-fast pin kept although the pmd or the pte it was read through changed
+    /// between the read and the pin (the recheck after the pin was skipped).
+    PinKeptStale,
+    /// I7: a table installed in a slot without that slot's PMD lock.
+    PopulateWithoutLock,
     /// I7: a write through the owner's map into a table that is already published.
     WriteAfterPublish,
     /// I8: a slot that names a table cleared without its PMD lock and the table's PTE lock,
@@ -22,16 +27,22 @@ pub enum AuditRule {
     /// I9: a table freed at once although lockless walkers may still hold it (no grace period
     /// since it was unlinked).
     FreeWithoutGrace,
+    /// I11: a table that still maps pages freed without `page_table_check_pte_clear_range`
+    /// since it was unlinked (the pages it maps go unaccounted).
+    UncheckedRemoval,
 }
 
 impl AuditRule {
     /// Every rule, in order.
-    pub const ALL: [AuditRule; 5] = [
+    pub const ALL: [AuditRule; 8] = [
         AuditRule::UseAfterFree,
         AuditRule::WriteDetached,
+        AuditRule::PinKeptStale,
+        AuditRule::PopulateWithoutLock,
         AuditRule::WriteAfterPublish,
         AuditRule::ClearWithoutLocks,
         AuditRule::FreeWithoutGrace,
+        AuditRule::UncheckedRemoval,
     ];
 
     /// The rule, as a report names it.
@@ -39,9 +50,12 @@ impl AuditRule {
         match self {
             AuditRule::UseAfterFree => "I1/I9 use-after-free",
             AuditRule::WriteDetached => "I2 write into a detached table",
+            AuditRule::PinKeptStale => "I5 GUP-fast pin kept although its pmd or pte changed",
+            AuditRule::PopulateWithoutLock => "I7 table installed without the PMD lock",
             AuditRule::WriteAfterPublish => "I7 owner's write after publication",
             AuditRule::ClearWithoutLocks => "I8 clear without both locks",
             AuditRule::FreeWithoutGrace => "I9 immediate free of a walkable table",
+            AuditRule::UncheckedRemoval => "I11 removal without page_table_check",
         }
     }
 }

@@ -70,6 +70,7 @@ impl Mmu {
     pub(crate) fn table_unlinked(&self, pfn: u64) {
         let d = self.frames.desc(pfn);
         d.installed.store(false, Ordering::Relaxed);
+        d.checked.store(false, Ordering::Relaxed);
         d.unlinked_at
             .store(self.rcu.stats().grace_periods + 1, Ordering::Relaxed);
     }
@@ -111,6 +112,39 @@ impl Mmu {
         }
     }
 
+    /// Rule I7: a table is installed under the PMD lock of its slot.
+    fn audit_populate(&self, slot: &PmdSlot, table: &TableRef) {
+        if !cfg!(feature = "lock-checker") {
+            return;
+        }
+        let Some((pmd_table, _)) = self.frames.locate(slot) else {
+            return;
+        };
+        if !lockdep::holds(self.rcu.id(), LockClass::Pmd, pmd_table) {
+            self.audit_rule(
+                AuditRule::PopulateWithoutLock,
+                table.pfn,
+                "pmd_populate",
+                "install",
+            );
+        }
+    }
+
+    /// Rule I11: a table that was unlinked and still maps pages is checked
+    /// (`page_table_check_pte_clear_range`) before it is freed.
+    fn audit_removal(&self, table: &TableRef, op: &'static str) {
+        let d = self.frames.desc(table.pfn);
+        if d.unlinked_at.load(Ordering::Relaxed) == 0 || d.checked.load(Ordering::Relaxed) {
+            return;
+        }
+        let maps_pages = (0..ENTRIES).any(|i| {
+            Pte::from_raw(self.frames.cell(table.pfn, i).0.load(Ordering::Acquire)).is_present()
+        });
+        if maps_pages {
+            self.audit_rule(AuditRule::UncheckedRemoval, table.pfn, op, "free");
+        }
+    }
+
     /// Rules I2 and I7: a write through a lock that proved attachment goes into an installed
     /// table; a write through an owner's map into one that is not.
     fn audit_write(&self, t: &TableRef, kind: MapKind) {
@@ -126,7 +160,13 @@ impl Mmu {
         }
     }
 
-    fn audit_rule(&self, rule: AuditRule, pfn: u64, op: &'static str, access: &'static str) {
+    pub(crate) fn audit_rule(
+        &self,
+        rule: AuditRule,
+        pfn: u64,
+        op: &'static str,
+        access: &'static str,
+    ) {
         let generation = self.frames.desc(pfn).generation.load(Ordering::Acquire);
         self.frames.audit.record(Violation {
             rule,
@@ -323,6 +363,7 @@ unsafe impl PgtableBackend for Mmu {
     }
 
     unsafe fn pmd_populate(&self, slot: &PmdSlot, table: &TableRef) {
+        self.audit_populate(slot, table);
         self.frames
             .desc(table.pfn)
             .installed
@@ -380,6 +421,7 @@ unsafe impl PgtableBackend for Mmu {
 
     unsafe fn pte_free(&self, table: &TableRef) {
         self.audit_free_now(table);
+        self.audit_removal(table, "pte_free");
         self.counters
             .tables_freed_now
             .fetch_add(1, Ordering::Relaxed);
@@ -387,6 +429,7 @@ unsafe impl PgtableBackend for Mmu {
     }
 
     unsafe fn pte_free_defer(&self, table: &TableRef) {
+        self.audit_removal(table, "pte_free_defer");
         self.counters
             .tables_freed_deferred
             .fetch_add(1, Ordering::Relaxed);

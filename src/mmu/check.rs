@@ -31,6 +31,15 @@ pub fn page_table_check_pte_clear_range(
     pmd: &PmdRef<'_, '_, Mmu, Detached>,
 ) -> PtcReport {
     let mut r = PtcReport::default();
+    // The audit's record that this removal was checked (rule I11).
+    if let PmdKind::Table(t) = pmd.pmd_val().kind() {
+        // The MMU the table belongs to (not necessarily `_mmu`).
+        pmd.backend()
+            .frames
+            .desc(t)
+            .checked
+            .store(true, Ordering::Relaxed);
+    }
     let Ok(map) = pte_offset_map(pmd, addr) else {
         return r;
     };

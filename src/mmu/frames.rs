@@ -88,6 +88,9 @@ pub(crate) struct FrameDesc {
     /// unlink, plus one (0: never unlinked). An immediate free needs one to have completed
     /// since.
     pub(crate) unlinked_at: AtomicU64,
+    /// For a PTE table that was unlinked: whether `page_table_check_pte_clear_range` has run
+    /// on it since (rule I11).
+    pub(crate) checked: AtomicBool,
 }
 
 struct Bitmap {
@@ -324,6 +327,7 @@ impl Frames {
         d.head_of.store(0, Ordering::Relaxed);
         d.installed.store(false, Ordering::Relaxed);
         d.unlinked_at.store(0, Ordering::Relaxed);
+        d.checked.store(false, Ordering::Relaxed);
         d.generation.fetch_add(1, Ordering::AcqRel);
         for i in 0..ENTRIES {
             self.cell(pfn, i).0.store(POISON, Ordering::Release);

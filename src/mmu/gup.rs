@@ -7,10 +7,11 @@
 //! and check references after; a collapse may clear the pmd while the stale PTEs stay valid in
 //! the detached table, which is why the pmd recheck is needed (bug B1).
 
-use super::entry::PmdKind;
+use super::audit::AuditRule;
+use super::entry::{PmdKind, Pte};
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
 use crate::error::Error;
-use crate::provenance::pte_offset_map;
+use crate::provenance::{CopiedUnderRcu, PmdRef, PteMap, pte_offset_map};
 use core::fmt;
 
 /// A reference to a data page: a pin from [`Mmu::gup_fast`], a reference from
@@ -59,6 +60,43 @@ impl fmt::Debug for PageRef<'_> {
     }
 }
 
+/// The pmd copy GUP-fast walks through.
+type Copied<'m, 'g> = PmdRef<'m, 'g, Mmu, CopiedUnderRcu<'g>>;
+
+/// The PTE a GUP-fast pin was read through: its map, address and value.
+type PteRead<'r, 'a> = Option<(&'r PteMap<'a, Mmu>, u64, Pte)>;
+
+/// The audit's watch on one GUP-fast pin (rule I5).
+///
+/// The audit reads the pmd slot and the pte itself, right after the reference is taken and
+/// again when the pin is kept, independently of the recheck it watches. A pin kept although
+/// both reads found the mapping changed was kept without a successful recheck in between (a
+/// correct recheck sits between them and would have backed out), so the audit reports it.
+/// The two reads make a false report need the mapping to change, change back and change
+/// again within one pin, which the MMU's operations (all slower than a pin, and none
+/// restoring a freed table inside the read section the pin runs in) do not do.
+struct PinAudit {
+    stale_at_pin: bool,
+}
+
+impl PinAudit {
+    fn stale(pmd: &Copied<'_, '_>, pte: PteRead<'_, '_>) -> bool {
+        !pmd.still_installed() || pte.is_some_and(|(map, va, pte)| map.ptep_get(va) != pte)
+    }
+
+    fn at_pin(pmd: &Copied<'_, '_>, pte: PteRead<'_, '_>) -> Self {
+        PinAudit {
+            stale_at_pin: Self::stale(pmd, pte),
+        }
+    }
+
+    fn kept(self, mmu: &Mmu, pmd: &Copied<'_, '_>, pte: PteRead<'_, '_>, page: u64) {
+        if self.stale_at_pin && Self::stale(pmd, pte) {
+            mmu.audit_rule(AuditRule::PinKeptStale, page, "gup_fast", "pin");
+        }
+    }
+}
+
 impl Mmu {
     /// Pins up to `nr_pages` pages from `start` without taking any lock (`gup_fast`). Stops at
     /// the first page it cannot pin safely (not present, special, or changed under it), like
@@ -89,11 +127,13 @@ impl Mmu {
                     if !self.frames.try_get(head) {
                         break;
                     }
+                    let audit = PinAudit::at_pin(&pmd, None);
                     if !pmd.still_installed() {
                         self.frames.put(head);
                         break;
                     }
                     let page = head + ((va & (PMD_SIZE - 1)) >> 12);
+                    audit.kept(self, &pmd, None, page);
                     pins.push(PageRef::new(self, page));
                 }
                 PmdKind::Table(_) => {
@@ -107,11 +147,13 @@ impl Mmu {
                     if !self.frames.try_get(pfn) {
                         break;
                     }
+                    let audit = PinAudit::at_pin(&pmd, Some((&map, va, pte)));
                     // The recheck: pmd against its slot (B1), pte against its entry.
                     if !pmd.still_installed() || map.ptep_get(va) != pte {
                         self.frames.put(pfn);
                         break;
                     }
+                    audit.kept(self, &pmd, Some((&map, va, pte)), pfn);
                     pins.push(PageRef::new(self, pfn));
                 }
                 _ => break,

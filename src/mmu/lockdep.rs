@@ -33,6 +33,8 @@
 use crate::error::Error;
 use core::panic::Location;
 use std::cell::RefCell;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::vec::Vec;
 
 /// The classes of MMU locks, in the order they are taken (rule I10).
@@ -99,8 +101,10 @@ pub(crate) fn check(
     if how == How::Try {
         return Ok(());
     }
+    COUNTS.checks.fetch_add(1, Relaxed);
     if class.sleeps() {
         if let Some(section) = section {
+            COUNTS.sleeping_in_section.fetch_add(1, Relaxed);
             return Err(Error::LockViolation {
                 rule: match class {
                     LockClass::Mmap => {
@@ -121,8 +125,10 @@ pub(crate) fn check(
     let found = with_held(|held| {
         held.iter().filter(|h| h.mmu == mmu).find_map(|h| {
             if h.class == class && h.instance == instance {
+                COUNTS.recursion.fetch_add(1, Relaxed);
                 Some((recursion_rule(class), h.at))
             } else if h.class > class {
+                COUNTS.order.fetch_add(1, Relaxed);
                 Some((inversion_rule(h.class, class), h.at))
             } else {
                 None
@@ -240,16 +246,83 @@ pub(crate) fn released(mmu: u64, class: LockClass, instance: u64) {
     }
 }
 
-static LEAKED_SECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// What the lock checker has checked and reported in this process, per rule.
+///
+/// The counts are process-wide (all MMUs, all threads), so a test that asserts on them must
+/// compare before and after its own calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LockCheckerStats {
+    /// Blocking lock calls checked.
+    pub checks: u64,
+    /// Sleeping locks taken inside an RCU read section (I1/I9).
+    pub sleeping_in_section: u64,
+    /// Grace-period waits (`synchronize`, `rcu_barrier`) inside a read section of their
+    /// domain (I9).
+    pub grace_period_in_section: u64,
+    /// Locks taken again by the thread that holds them.
+    pub recursion: u64,
+    /// Lock-order inversions between classes (I10).
+    pub order: u64,
+    /// Read sections still open when their MMU was dropped (leaked, not waited for).
+    pub leaked_sections: u64,
+}
+
+impl LockCheckerStats {
+    /// Reports of every rule together.
+    pub fn reports(&self) -> u64 {
+        self.sleeping_in_section
+            + self.grace_period_in_section
+            + self.recursion
+            + self.order
+            + self.leaked_sections
+    }
+}
+
+struct Counts {
+    checks: AtomicU64,
+    sleeping_in_section: AtomicU64,
+    grace_period_in_section: AtomicU64,
+    recursion: AtomicU64,
+    order: AtomicU64,
+    leaked_sections: AtomicU64,
+}
+
+static COUNTS: Counts = Counts {
+    checks: AtomicU64::new(0),
+    sleeping_in_section: AtomicU64::new(0),
+    grace_period_in_section: AtomicU64::new(0),
+    recursion: AtomicU64::new(0),
+    order: AtomicU64::new(0),
+    leaked_sections: AtomicU64::new(0),
+};
+
+/// The lock checker's counts so far (all zero without the checker, but for leaked sections,
+/// which `Mmu::drop` reports either way).
+pub fn stats() -> LockCheckerStats {
+    LockCheckerStats {
+        checks: COUNTS.checks.load(Relaxed),
+        sleeping_in_section: COUNTS.sleeping_in_section.load(Relaxed),
+        grace_period_in_section: COUNTS.grace_period_in_section.load(Relaxed),
+        recursion: COUNTS.recursion.load(Relaxed),
+        order: COUNTS.order.load(Relaxed),
+        leaked_sections: COUNTS.leaked_sections.load(Relaxed),
+    }
+}
+
+/// Counts a grace-period wait inside a read section (the RCU backend reports it).
+pub(crate) fn count_grace_period_in_section() {
+    COUNTS.grace_period_in_section.fetch_add(1, Relaxed);
+}
 
 /// How many leaked read sections `Mmu::drop` has reported in this process.
 pub fn leaked_sections_reported() -> u64 {
-    LEAKED_SECTIONS.load(std::sync::atomic::Ordering::Relaxed)
+    COUNTS.leaked_sections.load(Relaxed)
 }
 
 /// `Mmu::drop`'s report of a read section that will never end.
 pub(crate) fn report_leaked_section(where_: &str) {
-    LEAKED_SECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    COUNTS.leaked_sections.fetch_add(1, Relaxed);
     std::eprintln!(
         "lock checker: an RCU read section of a dropped MMU is still open ({where_}): it was \
          leaked (mem::forget of a guard or map), so its grace period never ends; the memory it \

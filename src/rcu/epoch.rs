@@ -183,6 +183,7 @@ impl EpochRcu {
     #[track_caller]
     fn check_not_in_section(&self, what: &str) {
         if let Some(at) = self.section_open_here() {
+            crate::mmu::lockdep::count_grace_period_in_section();
             panic!(
                 "lock checker: {what} inside an RCU read section of the same domain would wait \
                  for itself forever (rule I9: grace periods are waited for outside read \

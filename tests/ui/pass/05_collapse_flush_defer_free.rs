@@ -2,6 +2,7 @@
 //! out as `Retired`, read it as its owner, and free it with `pte_free_defer` (after a grace
 //! period). A `Fresh` table, by contrast, may be freed at once with `pte_free`.
 
+use typed_pgtable::mmu::check::page_table_check_pte_clear_range;
 use typed_pgtable::mmu::{Mmu, MmuConfig};
 use typed_pgtable::provenance::{
     DetachedPmd, pmd_lock, pmdp_collapse_flush, pte_offset_map, pte_offset_map_lock,
@@ -21,6 +22,7 @@ fn main() {
     let owned = pte_offset_map(&table.pmd(), VA).expect("an owned table");
     assert_eq!(owned.pte().pfn(), Some(pfn));
     drop(owned);
+    page_table_check_pte_clear_range(&mmu, VA, &table.pmd());
     table.pte_free_defer();
     DetachedPmd::pte_alloc_one(&mmu).unwrap().pte_free();
     drop(mm);

@@ -4,6 +4,7 @@
 //! `PmdRef` carries the backend's lifetime apart from the walk lock's, so the `DetachedPmd`
 //! that `pmdp_collapse_flush` returns is tied to the MMU only, and a helper can return it.
 
+use typed_pgtable::mmu::check::page_table_check_pte_clear_range;
 use typed_pgtable::mmu::{Mmu, MmuConfig};
 use typed_pgtable::provenance::{
     DetachedPmd, Retired, pmd_lock, pmdp_collapse_flush, pte_offset_map, pte_offset_map_lock,
@@ -27,6 +28,7 @@ fn main() {
         Some(pfn)
     );
     assert_eq!(mmu.translate(0x20_1000).unwrap(), None);
+    page_table_check_pte_clear_range(&mmu, 0x20_1000, &table.pmd());
     table.pte_free_defer();
     mmu.rcu_barrier();
     assert_eq!(mmu.audit().violations(), 0);
