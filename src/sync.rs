@@ -1,7 +1,7 @@
 //! Synchronization primitives that switch to [loom](https://docs.rs/loom)'s under `--cfg loom`.
 //!
-//! Code written against this shim (today [`rcu::tiny`](crate::rcu::tiny) and the models in
-//! `tests/loom.rs`) compiles unchanged in both worlds:
+//! Code written against this shim (today [`rcu::tiny`](crate::rcu::tiny), the models in
+//! `tests/loom.rs` and the backend of `tests/loom_crate.rs`) compiles unchanged in both worlds:
 //!
 //! - with `RUSTFLAGS="--cfg loom"` every item is loom's, so loom sees each atomic access,
 //!   fence, yield and `UnsafeCell` access and can explore their interleavings;

@@ -22,7 +22,14 @@
 //! the bound, and honest enough (the same grace-period guarantee) that a protocol that passes
 //! on it relies on nothing more than what [`RcuDomain`](crate::rcu::RcuDomain) promises.
 //!
-//! It is `no_std`, allocation-free and not part of the crate's API.
+//! [`TinyRcuDomain`] wraps it into an [`RcuDomain`](crate::rcu::RcuDomain), so that the
+//! provenance API itself (`pte_offset_map`, `pte_offset_map_lock`, `pte_free_defer`, ...) can run
+//! under loom over a small backend (`tests/loom_crate.rs`): sections take a free reader slot,
+//! and `call_rcu` queues callbacks that [`rcu_barrier`](crate::rcu::RcuDomain::rcu_barrier)
+//! runs after a grace period.
+//!
+//! It is `no_std` and not part of the crate's API. [`TinyRcu`] is allocation-free;
+//! [`TinyRcuDomain`] needs `alloc` (its shared state and callback queue).
 //!
 //! # The algorithm
 //!
@@ -55,10 +62,17 @@
 //!
 //! A slot belongs to one thread at a time, and sections on one slot do not nest. `gp` is a
 //! `usize` and is assumed not to wrap. Calling [`synchronize`](TinyRcu::synchronize) inside a
-//! read section deadlocks, as in the kernel.
+//! read section deadlocks, as in the kernel. [`TinyRcuDomain`] lifts the first two limits
+//! (each section claims a slot of its own, so sections nest and move between threads'
+//! slots) but has at most [`READER_SLOTS`] sections open at once, and panics past that.
 
-use crate::sync::{AtomicUsize, Ordering, fence, yield_now};
+use crate::bound::RcuBound;
+use crate::rcu::{RcuCallback, RcuDomain};
+use crate::sync::{AtomicBool, AtomicUsize, Ordering, UnsafeCell, fence, yield_now};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::fmt;
+use core::marker::PhantomData;
 
 /// Number of reader slots of a [`TinyRcu`].
 pub const READER_SLOTS: usize = 4;
@@ -169,6 +183,241 @@ impl fmt::Debug for TinyRcu {
     }
 }
 
+/// A [`TinyRcu`] as an [`RcuDomain`]: the RCU a small backend can use under loom, so that loom
+/// drives the crate's own `pte_offset_map`, `pte_offset_map_lock` and `pte_free_defer`.
+///
+/// - **Read sections** ([`read_lock_raw`](RcuDomain::read_lock_raw)) claim a free reader slot
+///   (a compare-and-swap on its `claimed` flag, Acquire), then run [`TinyRcu::read_lock`] on
+///   it; the [`TinySection`] token runs [`TinyRcu::read_unlock`] and frees the slot (Release)
+///   when dropped. A nested section claims a slot of its own. At most [`READER_SLOTS`] sections
+///   may be open at once; one more panics (it never blocks, and never shares a slot).
+/// - **`call_rcu`** pushes the callback on a queue under a small spinlock; it never runs it.
+/// - **`synchronize`** is [`TinyRcu::synchronize`].
+/// - **`rcu_barrier`** takes the whole queue, waits a grace period with
+///   [`TinyRcu::synchronize`], and runs the callbacks it took, in queue order, on the calling
+///   thread. Concurrent barriers are serialised (the second waits until the first has run its
+///   callbacks), so every callback queued before a barrier began has run when it returns.
+///   Callbacks must not call `rcu_barrier` themselves (it would wait for itself).
+/// - Callbacks still queued when the last handle and the last section are gone run then (no
+///   section of the domain can be open any more).
+///
+/// Everything loom must see (slots, flags, queue) goes through [`crate::sync`]. The reference
+/// count that keeps the state alive for tokens is an `alloc::sync::Arc`, invisible to loom on
+/// purpose: it is not part of the protocol, and making it a scheduling point would only grow
+/// the state space.
+///
+/// ```
+/// use typed_pgtable::rcu::RcuDomain;
+/// use typed_pgtable::rcu::tiny::TinyRcuDomain;
+/// use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+///
+/// let rcu = TinyRcuDomain::new();
+/// let freed = Arc::new(AtomicBool::new(false));
+/// {
+///     let _outer = rcu.read_lock();
+///     let _inner = rcu.read_lock(); // a second slot
+///     let f = freed.clone();
+///     rcu.call_rcu(Box::new(move || f.store(true, Ordering::Release)));
+///     assert!(!freed.load(Ordering::Acquire)); // queued, not run
+/// }
+/// rcu.rcu_barrier();
+/// assert!(freed.load(Ordering::Acquire));
+/// ```
+pub struct TinyRcuDomain {
+    shared: Arc<Shared>,
+}
+
+/// The state of a [`TinyRcuDomain`], shared with its open sections.
+struct Shared {
+    rcu: TinyRcu,
+    /// Per reader slot of `rcu`: whether an open section owns it.
+    claimed: [AtomicBool; READER_SLOTS],
+    /// Callbacks queued by `call_rcu` and not yet taken by a barrier. Accessed only while
+    /// `queue_lock` is held.
+    queue: UnsafeCell<Vec<RcuCallback>>,
+    queue_lock: Flag,
+    /// Held by `rcu_barrier` from taking the queue until the callbacks it took have run.
+    barrier_lock: Flag,
+}
+
+// SAFETY: `queue` is the only field that is not `Sync`; it is read and written only inside
+// `Shared::with_queue`, while `queue_lock` is held, and the lock's Acquire/Release orders those
+// accesses. The callbacks it holds are `Send`, so handing them to the thread that runs them is
+// sound. Every other field is an atomic.
+unsafe impl Sync for Shared {}
+
+/// A test-and-set spinlock on [`crate::sync`] atomics (loom sees it).
+struct Flag(AtomicBool);
+
+/// A held [`Flag`]; releases it when dropped (also when a callback panics).
+struct FlagGuard<'a>(&'a Flag);
+
+impl Flag {
+    fn new() -> Self {
+        Flag(AtomicBool::new(false))
+    }
+
+    fn lock(&self) -> FlagGuard<'_> {
+        while self
+            .0
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            yield_now();
+        }
+        FlagGuard(self)
+    }
+}
+
+impl Drop for FlagGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.store(false, Ordering::Release);
+    }
+}
+
+impl Shared {
+    /// Runs `f` on the queue with `queue_lock` held.
+    fn with_queue<R>(&self, f: impl FnOnce(&mut Vec<RcuCallback>) -> R) -> R {
+        let _held = self.queue_lock.lock();
+        // SAFETY: `queue_lock` is held for the whole access, so no other access to `queue`
+        // overlaps it (see the `Sync` impl); the pointer is valid for the cell's lifetime.
+        self.queue.with_mut(|q| f(unsafe { &mut *q }))
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last handle and the last section (each holds an `Arc`) are gone: no read section
+        // of this domain is open, so the callbacks nobody drained may run now.
+        for f in self.with_queue(core::mem::take) {
+            f();
+        }
+    }
+}
+
+/// One open read section of a [`TinyRcuDomain`] (its [`RcuDomain::ReadState`]): it owns one
+/// reader slot until dropped. `!Send` and `!Sync`: the section belongs to the thread that
+/// opened it.
+pub struct TinySection {
+    shared: Arc<Shared>,
+    slot: usize,
+    _not_send: RcuBound,
+}
+
+impl Drop for TinySection {
+    fn drop(&mut self) {
+        self.shared.rcu.read_unlock(self.slot);
+        // Release: the next section on this slot stores its `gp` after our IDLE in the slot's
+        // modification order, so a remover that reads the newer value has also synchronized
+        // with everything this section did.
+        self.shared.claimed[self.slot].store(false, Ordering::Release);
+    }
+}
+
+impl fmt::Debug for TinySection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TinySection")
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
+
+impl TinyRcuDomain {
+    /// A domain with no open section and no queued callback.
+    pub fn new() -> Self {
+        TinyRcuDomain {
+            shared: Arc::new(Shared {
+                rcu: TinyRcu::new(),
+                claimed: core::array::from_fn(|_| AtomicBool::new(false)),
+                queue: UnsafeCell::new(Vec::new()),
+                queue_lock: Flag::new(),
+                barrier_lock: Flag::new(),
+            }),
+        }
+    }
+}
+
+impl Default for TinyRcuDomain {
+    fn default() -> Self {
+        TinyRcuDomain::new()
+    }
+}
+
+impl fmt::Debug for TinyRcuDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TinyRcuDomain")
+            .field("rcu", &self.shared.rcu)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the RCU guarantee, for every caller of the public API:
+//
+// - A section is a `TinySection`, created only by `read_lock_raw`: it owns slot `i` from a
+//   successful Acquire CAS of `claimed[i]` until its drop, whose Release store of `false`
+//   follows `read_unlock(i)`. So one slot serves one section at a time, and each new owner's
+//   `read_lock(i)` happens after the previous owner's `read_unlock(i)`: on every slot the
+//   sections follow each other in the slot's modification order, exactly the single-owner
+//   use `TinyRcu`'s proof (module docs) covers, whichever threads and nesting depths they come
+//   from. The token holds an `Arc` of the state, so it can outlive the handle it came from
+//   without dangling, and the section stays open (holding off grace periods) until it drops.
+// - `synchronize` is `TinyRcu::synchronize`: it returns only after every section open when it
+//   was called has ended (the TinyRcu proof, per slot, over all `READER_SLOTS` slots).
+// - A callback runs only in `rcu_barrier`, after a `TinyRcu::synchronize` that began after the
+//   barrier took it from the queue, and so after `call_rcu` queued it (the queue lock orders
+//   the two): every section open at `call_rcu` time has ended by then, and what it did happens
+//   before the callback. Or it runs in `Shared::drop`, when no section can be open at all.
+//   `call_rcu` itself never runs a callback.
+// - Sections nest: each claims its own slot, independent of the others.
+unsafe impl RcuDomain for TinyRcuDomain {
+    type ReadState = TinySection;
+
+    /// Claims the first free reader slot and opens a section on it.
+    ///
+    /// # Panics
+    /// If all [`READER_SLOTS`] slots are taken by open sections.
+    fn read_lock_raw(&self) -> TinySection {
+        for (slot, claimed) in self.shared.claimed.iter().enumerate() {
+            // Acquire: the previous owner's `read_unlock` of this slot happens before our
+            // `read_lock` (see the `Drop` of `TinySection`).
+            if claimed
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.shared.rcu.read_lock(slot);
+                return TinySection {
+                    shared: self.shared.clone(),
+                    slot,
+                    _not_send: PhantomData,
+                };
+            }
+        }
+        panic!("TinyRcuDomain: all {READER_SLOTS} reader slots are taken by open sections");
+    }
+
+    fn call_rcu(&self, f: RcuCallback) {
+        self.shared.with_queue(|q| q.push(f));
+    }
+
+    fn synchronize(&self) {
+        self.shared.rcu.synchronize();
+    }
+
+    fn rcu_barrier(&self) {
+        // Held until the callbacks taken below have run, so that a concurrent barrier cannot
+        // return while callbacks queued before it are still waiting here.
+        let _barrier = self.shared.barrier_lock.lock();
+        let taken = self.shared.with_queue(core::mem::take);
+        if taken.is_empty() {
+            return;
+        }
+        self.shared.rcu.synchronize();
+        for f in taken {
+            f();
+        }
+    }
+}
+
 #[cfg(all(test, not(loom), feature = "std"))]
 mod tests {
     use super::*;
@@ -216,6 +465,70 @@ mod tests {
             "synchronize returned inside a read section"
         );
         reader.join().unwrap();
+    }
+
+    #[test]
+    fn domain_sections_nest_and_free_their_slots() {
+        let rcu = TinyRcuDomain::new();
+        let guards: Vec<_> = (0..READER_SLOTS).map(|_| rcu.read_lock()).collect();
+        let full = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _one_more = rcu.read_lock();
+        }));
+        assert!(full.is_err(), "a fifth section must not share a slot");
+        drop(guards);
+        // Every slot is free again: as many sections as before open, and a grace period
+        // with none open returns at once.
+        let again: Vec<_> = (0..READER_SLOTS).map(|_| rcu.read_lock()).collect();
+        drop(again);
+        rcu.synchronize();
+    }
+
+    #[test]
+    fn domain_barrier_waits_for_an_open_section_and_runs_callbacks_in_order() {
+        let rcu = Arc::new(TinyRcuDomain::new());
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let entered = Arc::new(AtomicBool::new(false));
+        let left = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (rcu, entered, left) = (rcu.clone(), entered.clone(), left.clone());
+            thread::spawn(move || {
+                let _g = rcu.read_lock();
+                entered.store(true, Ordering::Release);
+                thread::sleep(Duration::from_millis(50));
+                left.store(true, Ordering::Relaxed);
+            })
+        };
+        while !entered.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        for i in 0..3 {
+            let (order, left) = (order.clone(), left.clone());
+            rcu.call_rcu(Box::new(move || {
+                assert!(
+                    left.load(Ordering::Relaxed),
+                    "callback ran inside a section"
+                );
+                order.lock().unwrap().push(i);
+            }));
+        }
+        assert!(order.lock().unwrap().is_empty(), "call_rcu ran a callback");
+        rcu.rcu_barrier();
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
+        reader.join().unwrap();
+        rcu.rcu_barrier(); // nothing queued: returns at once
+    }
+
+    #[test]
+    fn domain_runs_leftover_callbacks_when_the_last_section_ends() {
+        let rcu = TinyRcuDomain::new();
+        let ran = Arc::new(AtomicBool::new(false));
+        let section = rcu.read_lock_raw();
+        let r = ran.clone();
+        rcu.call_rcu(Box::new(move || r.store(true, Ordering::Release)));
+        drop(rcu);
+        assert!(!ran.load(Ordering::Acquire), "ran while a section was open");
+        drop(section);
+        assert!(ran.load(Ordering::Acquire));
     }
 
     /// Readers follow a published table and check it was not poisoned; the remover swaps in a
