@@ -34,7 +34,8 @@ const PAGES: u64 = 48;
 
 const USAGE: &str =
     "usage: torture [--seconds N] [--threads N] [--seed N] [--frames N] [--regions N] \
-[--ops N (with --threads 1)] [--only k1,k2,..] [--unprotected] [--no-progress]
+[--ops N (with --threads 1)] [--only k1,k2,..] [--race-delays N (0: off)] [--unprotected] \
+[--no-progress]
 kinds: fault huge split retract collapse_file collapse_anon cow reclaim munmap mremap";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -118,6 +119,7 @@ struct Opts {
     regions: u64,
     ops: u64,
     kinds: Vec<Kind>,
+    race_delays: u32,
     unprotected: bool,
     progress: bool,
 }
@@ -138,6 +140,8 @@ fn parse() -> Result<Opts, String> {
             .copied()
             .chain([Kind::Retract, Kind::Retract])
             .collect(),
+        // Every pass through a race window sleeps (see `typed_pgtable::mmu::delay`).
+        race_delays: 1,
         unprotected: false,
         progress: true,
     };
@@ -164,6 +168,10 @@ fn parse() -> Result<Opts, String> {
                             .ok_or_else(|| format!("unknown kind {s:?}"))
                     })
                     .collect::<Result<_, _>>()?;
+            }
+            "--race-delays" => {
+                o.race_delays = u32::try_from(num(val(&a)?, &a)?)
+                    .map_err(|_| "--race-delays: too large".to_string())?
             }
             "--unprotected" => o.unprotected = true,
             "--no-progress" => o.progress = false,
@@ -494,6 +502,12 @@ fn main() -> ExitCode {
             format!("{:.1} s", o.seconds)
         }
     );
+    mmu.set_race_delays(o.race_delays);
+    match o.race_delays {
+        0 => {}
+        1 => println!("race-window delays: every pass"),
+        n => println!("race-window delays: one pass in {n}"),
+    }
     let bar = if o.progress {
         ProgressBar::new(if o.threads == 1 {
             o.ops

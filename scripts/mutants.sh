@@ -5,6 +5,7 @@
 #   scripts/mutants.sh            every mutant
 #   scripts/mutants.sh NAME...    only these (see the table below for the names)
 #   scripts/mutants.sh --list     the mutants, one line each
+#   TORTURE_ONLY=1 scripts/mutants.sh ...   skip cargo test (a quick look at run-time mutants)
 #
 # A mutant is "killed" when the check fails, "SURVIVED" when it passes. An edit that no longer
 # applies (the code moved) is an error: the script says so and exits non-zero, so the table
@@ -21,32 +22,42 @@ copy=$work/src-copy
 export CARGO_TARGET_DIR=$work/target
 export CARGO_TERM_COLOR=never
 
-# name | file | perl substitution (applied with perl -0pi, first match only) | checks
+# Tab-separated: name, file, perl substitution (applied with perl -0pi, first match only), checks
 # checks: t = cargo test --all-features, r = also the default torture run, l = the loom models
-# (the edit is a patch in scripts/mutants/loom/NAME.patch and the file column is unused).
+# (the edit is a patch in scripts/mutants/, the third column; the file column names what it edits).
 MUTANTS=$(cat <<'EOF'
-lock_without_pmd_same|src/provenance/lock.rs|s/match P::recheck_slot\(&pmd\.src\) \{/match P::recheck_slot(&pmd.src).filter(|_| false) {/|tr
-free_defer_frees_at_once|src/mmu/backend.rs|s/self\.rcu\.call_rcu\(Box::new\(move \|\| frames\.free_table\(pfn\)\)\);/frames.free_table(pfn);/|tr
-map_without_rcu_section|src/provenance/map.rs|s/PteMap::open\(pmd, addr, MapKind::Map, true\)/PteMap::open(pmd, addr, MapKind::Map, false)/|tr
-gup_pte_path_without_pmd_recheck|src/mmu/gup.rs|s/if !pmd\.still_installed\(\) \|\| map\.ptep_get\(va\) != pte \{/if map.ptep_get(va) != pte {/|tr
-gup_huge_path_without_pmd_recheck|src/mmu/gup.rs|s/if !pmd\.still_installed\(\) \{(\s*)self\.frames\.put\(head\);/if false {$1self.frames.put(head);/|tr
-retract_without_anon_vma_recheck|src/mmu/khugepaged.rs|s/mmu\.vma_at\(haddr\)\s*\.is_some_and\(\|v\| !v\.anon_vma\.load\(Ordering::Acquire\)\)\s*&&/true \&\&/|t
-retract_without_either_anon_check|src/mmu/khugepaged.rs|s/mmu\.vma_at\(haddr\)\s*\.is_some_and\(\|v\| !v\.anon_vma\.load\(Ordering::Acquire\)\)\s*&& !ptl\.entries\(\)\.any\(\|p\| p\.is_present\(\) && p\.is_anon\(\)\)/{ let _ = (mmu, ptl); true }/|tr
-gup_without_pte_recheck|src/mmu/gup.rs|s/if !pmd\.still_installed\(\) \|\| map\.ptep_get\(va\) != pte \{/if !pmd.still_installed() {/|tr
-synchronize_without_wait|src/rcu/epoch.rs|s/(self\.check_not_in_section\("synchronize_rcu"\);\s*)let done = self\.queue_marker\(\);\s*self\.wait_for\(&done, None\);/$1let _ = self.queue_marker();/|tr
-retract_without_page_table_check|src/mmu/khugepaged.rs|s/let report = super::check::page_table_check_pte_clear_range\(self, haddr, &table\.pmd\(\)\);/let report = super::check::PtcReport::default();/|tr
-reclaim_blocking_pmd_lock_under_pte_lock|src/mmu/zap.rs|s/if let Some\(pml\) = pmd_trylock\(pmd\) \{/if let Some(pml) = Some(pmd_lock(pmd)) {/|tr
-move_without_anon_vma_handover|src/mmu/munmap.rs|s/if old_vma\.anon_vma\.load\(Ordering::Acquire\) \{\s*self\.anon_vma_prepare\(&new_vma\);\s*\}//|t
-collapse_without_vma_start_write|src/mmu/khugepaged.rs|s/\.vma_start_write_at\(vma\.start, Location::caller\(\)\)\?/.vma_start_write_at(vma.start, Location::caller()).ok().flatten().filter(|_| false)/|t
-lock_checker_without_order_rule|src/mmu/lockdep.rs|s/\} else if h\.class > class \{/} else if false {/|t
-populate_relaxed_store|src/mmu/backend.rs|s/slot\.0\.store\(table_entry\(table\.pfn\), Ordering::Release\);/slot.0.store(table_entry(table.pfn), Ordering::Relaxed);/|t
-open_reads_slot_before_rcu|-|loom/open_reads_slot_before_rcu.patch|l
-loom_lock_without_pmd_same|-|loom/lock_without_pmd_same.patch|l
+lock_without_pmd_same	src/provenance/lock.rs	s/match P::recheck_slot\(&pmd\.src\) \{/match P::recheck_slot(&pmd.src).filter(|_| false) {/	tr
+free_defer_frees_at_once	src/mmu/backend.rs	s/self\.rcu\.call_rcu\(Box::new\(move \|\| frames\.free_table\(pfn\)\)\);/frames.free_table(pfn);/	tr
+map_without_rcu_section	src/provenance/map.rs	s/PteMap::open\(pmd, addr, MapKind::Map, true\)/PteMap::open(pmd, addr, MapKind::Map, false)/	tr
+gup_pte_path_without_pmd_recheck	src/mmu/gup.rs	s/if !pmd\.still_installed\(\) \|\| map\.ptep_get\(va\) != pte \{/if map.ptep_get(va) != pte {/	tr
+gup_huge_path_without_pmd_recheck	src/mmu/gup.rs	s/if !pmd\.still_installed\(\) \{(\s*)self\.frames\.put\(head\);/if false {$1self.frames.put(head);/	tr
+retract_without_anon_vma_recheck	src/mmu/khugepaged.rs	s/mmu\.vma_at\(haddr\)\s*\.is_some_and\(\|v\| !v\.anon_vma\.load\(Ordering::Acquire\)\)\s*&&/true \&\&/	t
+retract_without_either_anon_check	src/mmu/khugepaged.rs	s/mmu\.vma_at\(haddr\)\s*\.is_some_and\(\|v\| !v\.anon_vma\.load\(Ordering::Acquire\)\)\s*&& !ptl\.entries\(\)\.any\(\|p\| p\.is_present\(\) && p\.is_anon\(\)\)/{ let _ = (mmu, ptl); true }/	tr
+gup_without_pte_recheck	src/mmu/gup.rs	s/if !pmd\.still_installed\(\) \|\| map\.ptep_get\(va\) != pte \{/if !pmd.still_installed() {/	tr
+synchronize_without_wait	src/rcu/epoch.rs	s/(self\.check_not_in_section\("synchronize_rcu"\);\s*)let done = self\.queue_marker\(\);\s*self\.wait_for\(&done, None\);/$1let _ = self.queue_marker();/	tr
+retract_without_page_table_check	src/mmu/khugepaged.rs	s/let report = super::check::page_table_check_pte_clear_range\(self, haddr, &table\.pmd\(\)\);/let report = super::check::PtcReport::default();/	tr
+reclaim_blocking_pmd_lock_under_pte_lock	src/mmu/zap.rs	s/if let Some\(pml\) = pmd_trylock\(pmd\) \{/if let Some(pml) = Some(pmd_lock(pmd)) {/	tr
+move_without_anon_vma_handover	src/mmu/munmap.rs	s/if old_vma\.anon_vma\.load\(Ordering::Acquire\) \{\s*self\.anon_vma_prepare\(&new_vma\);\s*\}//	t
+collapse_without_vma_start_write	src/mmu/khugepaged.rs	s/\.vma_start_write_at\(vma\.start, Location::caller\(\)\)\?/.vma_start_write_at(vma.start, Location::caller()).ok().flatten().filter(|_| false)/	t
+lock_checker_without_order_rule	src/mmu/lockdep.rs	s/\} else if h\.class > class \{/} else if false {/	t
+populate_relaxed_store	src/mmu/backend.rs	s/slot\.0\.store\(table_entry\(table\.pfn\), Ordering::Release\);/slot.0.store(table_entry(table.pfn), Ordering::Relaxed);/	t
+loom_free_defer_frees_at_once	src/provenance/detached.rs	loom/free_defer_frees_at_once.patch	l
+loom_lock_without_pmd_same	src/provenance/lock.rs	loom/lock_without_pmd_same.patch	l
+loom_open_reads_slot_before_rcu	src/provenance/map.rs	loom/open_reads_slot_before_rcu.patch	l
+loom_tiny_domain_barrier_without_grace_period	src/rcu/tiny.rs	loom/tiny_domain_barrier_without_grace_period.patch	l
+loom_tiny_domain_call_rcu_runs_inline	src/rcu/tiny.rs	loom/tiny_domain_call_rcu_runs_inline.patch	l
+loom_tiny_domain_claim_relaxed	src/rcu/tiny.rs	loom/tiny_domain_claim_relaxed.patch	l
+loom_tiny_domain_release_slot_relaxed	src/rcu/tiny.rs	loom/tiny_domain_release_slot_relaxed.patch	l
+loom_tiny_enter_relaxed_store	src/rcu/tiny.rs	loom/tiny_enter_relaxed_store.patch	l
+loom_tiny_read_lock_without_fence	src/rcu/tiny.rs	loom/tiny_read_lock_without_fence.patch	l
+loom_tiny_read_unlock_relaxed	src/rcu/tiny.rs	loom/tiny_read_unlock_relaxed.patch	l
+loom_tiny_synchronize_relaxed_load	src/rcu/tiny.rs	loom/tiny_synchronize_relaxed_load.patch	l
+loom_tiny_synchronize_without_fence	src/rcu/tiny.rs	loom/tiny_synchronize_without_fence.patch	l
 EOF
 )
 
 if [[ ${1:-} == --list ]]; then
-  echo "$MUTANTS" | cut -d'|' -f1,2,4 | tr '|' '\t'
+  echo "$MUTANTS" | cut -f1,2,4
   exit 0
 fi
 
@@ -63,14 +74,15 @@ results=$work/results.md
 fresh_copy() {
   rm -rf "$copy"
   mkdir -p "$copy"
-  # Everything cargo needs, not the build output.
-  tar -C "$root" --exclude=./target --exclude=./.git -cf - . | tar -C "$copy" -xf -
+  # Everything cargo needs, not the build output. Extracted with fresh times (-m): a file the
+  # last mutant changed comes back older than its build, which cargo would take as up to date.
+  tar -C "$root" --exclude=./target --exclude=./.git -cf - . | tar -C "$copy" -xmf -
 }
 
 outcome() { if "$@" > "$work/last.log" 2>&1; then echo "SURVIVED"; else echo "killed"; fi; }
 
 status=0
-while IFS='|' read -r name file edit checks; do
+while IFS=$'\t' read -r name file edit checks; do
   [[ -z $name ]] && continue
   [[ $want != "  " && $want != *" $name "* ]] && continue
   fresh_copy
@@ -91,7 +103,7 @@ while IFS='|' read -r name file edit checks; do
       status=2
       continue
     fi
-    test_r=$(cd "$copy" && outcome cargo test --all-features)
+    [[ -z ${TORTURE_ONLY:-} ]] && test_r=$(cd "$copy" && outcome cargo test --all-features)
     if [[ $checks == *r* ]]; then
       torture_r=$(cd "$copy" && outcome cargo run --release --example torture -- --no-progress)
       grep -E '^(violations|lost anon|bad tables|lock reports|FAIL)' "$work/last.log" | tr '\n' ';' \

@@ -50,7 +50,7 @@ impl AuditRule {
         match self {
             AuditRule::UseAfterFree => "I1/I9 use-after-free",
             AuditRule::WriteDetached => "I2 write into a detached table",
-            AuditRule::PinKeptStale => "I5 GUP-fast pin kept although its pmd or pte changed",
+            AuditRule::PinKeptStale => "I5 GUP-fast pin kept after a change",
             AuditRule::PopulateWithoutLock => "I7 table installed without the PMD lock",
             AuditRule::WriteAfterPublish => "I7 owner's write after publication",
             AuditRule::ClearWithoutLocks => "I8 clear without both locks",

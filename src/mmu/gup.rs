@@ -162,3 +162,112 @@ impl Mmu {
         Ok(pins)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Rule I5 from both sides: a pin kept without its recheck after the mapping changed is
+    //! reported, and `gup_fast` over the same change backs out and keeps the count at 0.
+
+    use super::*;
+    use crate::mmu::{MmuConfig, VmaKind};
+
+    const VA: u64 = 0x20_0000;
+
+    fn mmu() -> Mmu {
+        let mmu = Mmu::new(MmuConfig {
+            frames: 2048,
+            va_limit: 1 << 30,
+        })
+        .unwrap();
+        mmu.mmap(VA, 2 * PMD_SIZE, VmaKind::Anon).unwrap();
+        mmu
+    }
+
+    /// Runs `change` on another thread (it may take any lock: this thread holds none).
+    fn elsewhere(change: impl FnOnce() + Send) {
+        std::thread::scope(|s| s.spawn(change).join().unwrap());
+    }
+
+    #[test]
+    fn a_pte_pin_kept_after_the_table_was_retracted_is_reported() {
+        let mmu = mmu();
+        mmu.map_page(VA).unwrap();
+        let guard = mmu.rcu_read_lock();
+        let pmd = mmu.pmd_copy_lockless(&guard, VA).unwrap().unwrap();
+        let map = pte_offset_map(&pmd, VA).unwrap();
+        let pte = map.ptep_get(VA);
+        // The table is unlinked between the pte read and the pin.
+        elsewhere(|| assert_eq!(mmu.retract_pte_table(VA).unwrap(), 1));
+        let audit = PinAudit::at_pin(&pmd, Some((&map, VA, pte)));
+        // No recheck: the pin is kept.
+        audit.kept(&mmu, &pmd, Some((&map, VA, pte)), pte.pfn().unwrap());
+        assert_eq!(mmu.audit().violations_of(AuditRule::PinKeptStale), 1);
+        let v = &mmu.audit().report()[0];
+        assert_eq!(v.rule, AuditRule::PinKeptStale);
+        assert_eq!(v.pfn, pte.pfn().unwrap());
+    }
+
+    #[test]
+    fn a_pte_pin_kept_after_the_pte_changed_is_reported() {
+        let mmu = mmu();
+        mmu.map_page(VA).unwrap();
+        let guard = mmu.rcu_read_lock();
+        let pmd = mmu.pmd_copy_lockless(&guard, VA).unwrap().unwrap();
+        let map = pte_offset_map(&pmd, VA).unwrap();
+        let pte = map.ptep_get(VA);
+        // The table stays; the entry is cleared (`unmap_page`).
+        elsewhere(|| {
+            mmu.unmap_page(VA).unwrap();
+        });
+        let audit = PinAudit::at_pin(&pmd, Some((&map, VA, pte)));
+        audit.kept(&mmu, &pmd, Some((&map, VA, pte)), pte.pfn().unwrap());
+        assert_eq!(mmu.audit().violations_of(AuditRule::PinKeptStale), 1);
+    }
+
+    #[test]
+    fn a_huge_pin_kept_after_the_split_is_reported() {
+        let mmu = mmu();
+        let head = mmu.map_huge(VA).unwrap();
+        let guard = mmu.rcu_read_lock();
+        let pmd = mmu.pmd_copy_lockless(&guard, VA).unwrap().unwrap();
+        assert_eq!(pmd.pmd_val().kind(), PmdKind::Huge(head));
+        elsewhere(|| {
+            mmu.split_huge_pmd(VA).unwrap();
+        });
+        let audit = PinAudit::at_pin(&pmd, None);
+        audit.kept(&mmu, &pmd, None, head);
+        assert_eq!(mmu.audit().violations_of(AuditRule::PinKeptStale), 1);
+    }
+
+    #[test]
+    fn a_pin_of_an_unchanged_mapping_is_not_reported() {
+        let mmu = mmu();
+        mmu.map_page(VA).unwrap();
+        let guard = mmu.rcu_read_lock();
+        let pmd = mmu.pmd_copy_lockless(&guard, VA).unwrap().unwrap();
+        let map = pte_offset_map(&pmd, VA).unwrap();
+        let pte = map.ptep_get(VA);
+        let audit = PinAudit::at_pin(&pmd, Some((&map, VA, pte)));
+        audit.kept(&mmu, &pmd, Some((&map, VA, pte)), pte.pfn().unwrap());
+        assert_eq!(mmu.audit().violations(), 0);
+    }
+
+    #[test]
+    fn gup_fast_after_the_same_changes_keeps_no_stale_pin() {
+        let mmu = mmu();
+        mmu.map_page(VA).unwrap();
+        mmu.retract_pte_table(VA).unwrap();
+        assert!(mmu.gup_fast(VA, 1).unwrap().is_empty());
+        mmu.map_page(VA).unwrap();
+        mmu.unmap_page(VA).unwrap();
+        assert!(mmu.gup_fast(VA, 1).unwrap().is_empty());
+        let head = mmu.map_huge(VA + PMD_SIZE).unwrap();
+        mmu.split_huge_pmd(VA + PMD_SIZE).unwrap();
+        let pins = mmu.gup_fast(VA + PMD_SIZE, 1).unwrap();
+        assert_eq!(pins.len(), 1);
+        assert_eq!(pins[0].pfn(), head);
+        drop(pins);
+        mmu.rcu_barrier();
+        assert_eq!(mmu.audit().violations(), 0);
+    }
+}

@@ -9,6 +9,7 @@
 //! | [`Mmu::collapse_pte_mapped_thp`] | mmap read | `rw_nolock` + typed `pmd_same`, then PMD + PTE lock | `pte_free_defer` |
 //! | [`Mmu::collapse_huge_page`] | mmap write + VMA write | PMD + PTE lock, `pmdp_collapse_flush` | synced, then reused: deposited (or repopulated on failure) |
 
+use super::delay::Window;
 use super::entry::{PmdKind, huge_entry};
 use super::vma::VmaKind;
 use super::{Mmu, PMD_SIZE};
@@ -110,6 +111,7 @@ impl Mmu {
             if vma.start > haddr || vma.end < haddr + PMD_SIZE || vma.anon_vma {
                 continue;
             }
+            self.race_window(Window::RetractAnonVma);
             let Ok(Some(pmd)) = rmap.pmd_offset(haddr) else {
                 continue;
             };
@@ -154,6 +156,7 @@ impl Mmu {
         // The PMD lock is taken first and held to the end, as the kernel does when faults can
         // refill PTEs without the folio lock (here every fault can): no PTE can be refilled
         // between clearing it and detaching the table.
+        self.race_window(Window::CollapseFile);
         let pml = pmd_lock(&pmd);
         // Step 2: rw_nolock, lock, pmd_same before any write, clear.
         let Ok(nolock) = pte_offset_map_rw_nolock(&pmd, haddr) else {

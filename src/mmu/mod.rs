@@ -40,6 +40,7 @@
 //! - teardown and moves: [`Mmu::munmap`] with [`Exclusive::free_pgtables`],
 //!   [`Mmu::move_normal_pmd`] (`munmap.rs`);
 //! - checks: [`check::page_table_check_pte_clear_range`], [`Mmu::check_tables`] (`check.rs`);
+//!   race-window delays for short test runs, [`Mmu::set_race_delays`] ([`delay`]);
 //! - lookups: [`Mmu::translate`], [`Mmu::pmd_copy_lockless`], [`Mmu::dump`] (`ops.rs`).
 //!
 //! VMAs and their locks (`vma.rs`): [`Mmu::mmap`], [`Mmu::lock_vma_under_rcu`],
@@ -63,6 +64,7 @@
 mod audit;
 mod backend;
 pub mod check;
+pub mod delay;
 mod entry;
 mod fault;
 mod frames;
@@ -171,6 +173,7 @@ pub struct Mmu {
     pub(crate) zero_page: Mutex<Option<u64>>,
     pub(crate) huge_zero: AtomicU64,
     pub(crate) huge_zero_init: Mutex<()>,
+    pub(crate) race_delays: core::sync::atomic::AtomicU32,
 }
 
 impl Mmu {
@@ -211,6 +214,7 @@ impl Mmu {
             zero_page: Mutex::new(None),
             huge_zero: AtomicU64::new(0),
             huge_zero_init: Mutex::new(()),
+            race_delays: core::sync::atomic::AtomicU32::new(0),
         })
     }
 
