@@ -1,13 +1,17 @@
 //! The main job: an rcutorture-style run of every page-table operation of the in-memory MMU
-//! on all cores, with the use-after-free audit armed.
+//! on all cores, with the audit and the lock checker armed.
 //!
-//! Readers walk the tables the three ways the kernel does: lockless with an RCU-copied pmd
-//! (case 2), GUP-fast (case 2 with the pmd and pte recheck), and under the mmap or VMA lock
-//! with `pte_offset_map_lock` (case 3), writing the accessed bit. Updaters run a seeded random
-//! mix of faults, THP maps and splits, khugepaged retracts and collapses, copy-on-write faults,
-//! `MADV_DONTNEED` with empty-table reclaim, munmap with `free_pgtables`, and mremap's
-//! `move_normal_pmd`. The run ends with a report table and a whole-MMU consistency check; it
-//! exits non-zero on any use-after-free, inconsistent table or lost anonymous page.
+//! Readers walk the tables the ways the kernel does: lockless with an RCU-copied pmd (case 2),
+//! GUP-fast (case 2 with the pmd and pte recheck, on PTE tables and huge pmds), and under the
+//! mmap or VMA lock (case 3) in three modes: `pte_offset_map_lock` writing the accessed bit,
+//! `pte_offset_map_rw_nolock` writers that lock and revalidate before they write, and
+//! `pte_offset_map` readers. Updaters run a seeded random mix of faults, THP maps and splits,
+//! khugepaged retracts and collapses, copy-on-write faults, `MADV_DONTNEED` with empty-table
+//! reclaim, munmap with `free_pgtables`, and mremap's `move_normal_pmd`, with race-window
+//! delays on (`--race-delays`, see `typed_pgtable::mmu::delay`). The run ends with a report
+//! table (operations, the audit's violations per rule, the lock checker's reports per rule)
+//! and a whole-MMU consistency check; it exits non-zero on any violation, lock report,
+//! inconsistent table or lost anonymous page.
 //!
 //! `--unprotected` swaps the lockless readers for ones that keep a pmd past their read section
 //! and map it through the `unsafe` escape hatch: the audit must then report violations.

@@ -24,8 +24,10 @@
 //!
 //! The checker is on by default (feature `lock-checker`, part of the default `std` build). It
 //! costs a thread-local list update per lock and unlock and a scan of the (short) list before
-//! each blocking lock; build with `default-features = false, features = ["std"]` to turn it
-//! off.
+//! each blocking lock: about 225 instructions per lock taken and released, 0.8 % of the
+//! instructions of a one-thread torture run (measured with callgrind; `docs/reliability.md`,
+//! "The lock checker's cost"). Lockless walks take no lock and pay nothing. Build with
+//! `default-features = false, features = ["std"]` to turn it off.
 
 // Without the checker the bookkeeping types stay, unused.
 #![cfg_attr(not(feature = "lock-checker"), allow(dead_code))]
