@@ -10,10 +10,10 @@ use std::boxed::Box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use typed_pgtable::provenance::{
-    DetachedPmd, InTable, InstallLock, MapKind, PgtableBackend, PmdRef, pmd_lock,
-    pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
+    DetachedPmd, InTable, InstallLock, LocklessWalk, MapKind, PgtableBackend, PmdRef, WalkLock,
+    pmd_lock, pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
 };
-use typed_pgtable::rcu::{EpochRcu, RcuDomain};
+use typed_pgtable::rcu::{EpochRcu, RcuDomain, RcuGuard};
 use typed_pgtable::{Error, NoMap};
 
 const SLOTS: usize = 4;
@@ -50,12 +50,6 @@ impl Toy {
         }
     }
 
-    /// The toy's walk: its one PMD table never goes away, so any `&self` borrow is a walk lock.
-    fn pmd(&self, i: usize) -> PmdRef<'_, '_, Toy, InTable> {
-        // SAFETY: the slot lies in the toy's only PMD table, which lives as long as `self`.
-        unsafe { PmdRef::from_slot(self, &self.slots[i]) }
-    }
-
     fn tables_in_use(&self) -> usize {
         self.tables
             .iter()
@@ -64,9 +58,41 @@ impl Toy {
     }
 }
 
-/// The toy's fault-path lock: installing is allowed under it (it has no removers that work by
-/// exclusivity).
+/// The toy's walk lock, which is also its fault-path lock: installing is allowed under it (it
+/// has no removers that work by exclusivity). Slot `i` covers `[i << 21, (i + 1) << 21)`.
 struct ToyMm<'t>(&'t Toy);
+
+// SAFETY: the slots are the toy's, in its only PMD table, which lives as long as the toy: no
+// path frees it while a token borrows the toy.
+unsafe impl<'t> WalkLock<'t, Toy> for ToyMm<'t> {
+    type Error = Error;
+
+    fn backend(&self) -> &'t Toy {
+        self.0
+    }
+
+    fn pmd_slot(&self, addr: u64) -> Result<Option<&Slot>, Error> {
+        Ok(self.0.slots.get((addr >> 21) as usize))
+    }
+}
+
+impl<'t> ToyMm<'t> {
+    /// The pmd of slot `i` (the walk of the provided `pmd_offset`).
+    fn pmd(&self, i: usize) -> PmdRef<'t, '_, Toy, InTable> {
+        self.pmd_offset((i as u64) << 21).unwrap().unwrap()
+    }
+}
+
+// SAFETY: the toy's only PMD table lives as long as the toy, longer than any read section.
+unsafe impl LocklessWalk for Toy {
+    fn pmd_slot_lockless<'g>(
+        &'g self,
+        _guard: &'g RcuGuard<'_, EpochRcu>,
+        addr: u64,
+    ) -> Option<&'g Slot> {
+        self.slots.get((addr >> 21) as usize)
+    }
+}
 
 // SAFETY: the toy has no `ExclusiveAccess` remover, and the check refuses another toy's slots.
 unsafe impl InstallLock<Toy> for ToyMm<'_> {
@@ -204,13 +230,11 @@ fn the_whole_life_of_a_table_on_a_foreign_backend() {
         .pte_offset_map_mut(0x3000)
         .set_pte(0x3000, 0xabc)
         .unwrap();
-    let pmd = toy.pmd(1);
+    let mm = ToyMm(&toy);
+    let pmd = mm.pmd(1);
     {
         let pml = pmd_lock(&pmd);
-        table
-            .pmd_populate(&ToyMm(&toy), &pml)
-            .map_err(|r| r.error)
-            .unwrap();
+        table.pmd_populate(&mm, &pml).map_err(|r| r.error).unwrap();
     }
     assert_eq!(toy.tables_in_use(), 1);
 
@@ -256,17 +280,33 @@ fn nomap_errors_and_identity_on_a_foreign_backend() {
     let toy = Toy::new();
     toy.slots[0].0.store(HUGE | 3, Ordering::Release);
     toy.slots[1].0.store(99, Ordering::Release);
-    assert_eq!(pte_offset_map(&toy.pmd(0), 0).err(), Some(NoMap::Huge));
-    assert_eq!(pte_offset_map(&toy.pmd(1), 0).err(), Some(NoMap::Bad));
-    assert_eq!(pte_offset_map(&toy.pmd(2), 0).err(), Some(NoMap::None));
+    let mm = ToyMm(&toy);
+    assert_eq!(pte_offset_map(&mm.pmd(0), 0).err(), Some(NoMap::Huge));
+    assert_eq!(pte_offset_map(&mm.pmd(1), 0).err(), Some(NoMap::Bad));
+    assert_eq!(pte_offset_map(&mm.pmd(2), 0).err(), Some(NoMap::None));
 
     // A guard of another domain is refused.
     let other = Toy::new();
     let guard = other.rcu.read_lock();
     assert_eq!(
-        pmdp_get_lockless(&toy.pmd(2), &guard).err(),
+        pmdp_get_lockless(&mm.pmd(2), &guard).err(),
         Some(Error::WrongMmu)
     );
+    assert_eq!(
+        toy.pmd_copy_lockless(&guard, 0).err(),
+        Some(Error::WrongMmu)
+    );
+    drop(guard);
+    // The lockless walk of any backend, with no `unsafe`: a GUP-fast style read and recheck.
+    let guard = toy.rcu.read_lock();
+    assert_eq!(
+        toy.pmd_copy_lockless(&guard, 2 << 21)
+            .unwrap()
+            .map(|copy| pte_offset_map(&copy, 0).err()),
+        Some(Some(NoMap::None))
+    );
+    assert!(toy.pmd_copy_lockless(&guard, 9 << 21).unwrap().is_none());
+    drop(guard);
 
     // Out of tables: a typed error, and the pool is unchanged.
     let held: Vec<_> = (0..TABLES)

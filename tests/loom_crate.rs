@@ -65,7 +65,7 @@ use loom::sync::Arc;
 use loom::thread;
 use loom_common::{Tally, check};
 use typed_pgtable::provenance::{
-    DetachedPmd, InTable, InstallLock, MapKind, PgtableBackend, PmdRef, pmd_lock,
+    DetachedPmd, InTable, InstallLock, MapKind, PgtableBackend, PmdRef, WalkLock, pmd_lock,
     pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
 };
 use typed_pgtable::rcu::RcuDomain;
@@ -182,13 +182,6 @@ impl LoomPgtable {
         b
     }
 
-    /// The backend's walk: its one PMD table never goes away.
-    fn pmd(&self) -> PmdRef<'_, '_, LoomPgtable, InTable> {
-        // SAFETY: the slot is this backend's and lies in its only PMD table, which lives as
-        // long as `self` and is never freed: any borrow of the backend is a walk lock.
-        unsafe { PmdRef::from_slot(self, &self.slot) }
-    }
-
     fn table(&self, t: usize) -> &Table {
         &self.tables.0[t]
     }
@@ -226,6 +219,30 @@ fn spin(lock: &AtomicBool) {
 /// The backend's fault-path lock: it has no remover that works by exclusivity, so installing
 /// is allowed under any borrow of it.
 struct LoomMm<'b>(&'b LoomPgtable);
+
+// SAFETY: the slot is this backend's and lies in its only PMD table, which lives as long as
+// the backend and is never freed: any borrow of the backend keeps it stable.
+unsafe impl<'b> WalkLock<'b, LoomPgtable> for LoomMm<'b> {
+    type Error = Error;
+
+    fn backend(&self) -> &'b LoomPgtable {
+        self.0
+    }
+
+    fn pmd_slot(&self, _addr: u64) -> Result<Option<&Slot>, Error> {
+        Ok(Some(&self.0.slot))
+    }
+}
+
+impl<'b> LoomMm<'b> {
+    /// The backend's walk (the provided `pmd_offset`): one slot covers every address.
+    fn pmd(&self) -> PmdRef<'b, '_, LoomPgtable, InTable> {
+        match self.pmd_offset(ADDR) {
+            Ok(Some(pmd)) => pmd,
+            _ => unreachable!("the walk always finds the one slot"),
+        }
+    }
+}
 
 // SAFETY: `LoomPgtable` has no `ExclusiveAccess` remover, and the check refuses another
 // backend's slots.
@@ -384,10 +401,11 @@ fn populate(b: &LoomPgtable, pte: u64) {
         .pte_offset_map_mut(ADDR)
         .set_pte(ADDR, pte)
         .expect("the backend takes any PTE");
-    let pmd = b.pmd();
+    let mm = LoomMm(b);
+    let pmd = mm.pmd();
     let pml = pmd_lock(&pmd);
     table
-        .pmd_populate(&LoomMm(b), &pml)
+        .pmd_populate(&mm, &pml)
         .map_err(|r| r.error)
         .expect("the slot is empty");
 }
@@ -396,7 +414,8 @@ fn populate(b: &LoomPgtable, pte: u64) {
 /// `Retired`), optionally a replacement table holding [`PTE_NEW`] installed under the same PMD
 /// lock, then `pte_free_defer` and a grace period (`rcu_barrier`, which runs the free).
 fn retract(b: &LoomPgtable, replace: bool) {
-    let pmd = b.pmd();
+    let mm = LoomMm(b);
+    let pmd = mm.pmd();
     let pml = pmd_lock(&pmd);
     let ptl = pte_offset_map_lock(&pmd, ADDR).expect("the table is installed");
     let old = pmdp_collapse_flush(&pml, ptl)
@@ -477,13 +496,14 @@ fn race(
 /// Case 3: `pte_offset_map` on an `InTable` pmd, which opens its own RCU section before it
 /// reads the slot.
 fn walk_in_table(b: &LoomPgtable) -> usize {
-    outcome(pte_offset_map(&b.pmd(), ADDR).map(|map| map.pte()))
+    outcome(pte_offset_map(&LoomMm(b).pmd(), ADDR).map(|map| map.pte()))
 }
 
 /// Case 2: a copy of the pmd under the walker's own guard, then `pte_offset_map` on it.
 fn walk_copied(b: &LoomPgtable) -> usize {
     let guard = b.rcu().read_lock();
-    let pmd = b.pmd();
+    let mm = LoomMm(b);
+    let pmd = mm.pmd();
     let copy = pmdp_get_lockless(&pmd, &guard).expect("the backend's own domain");
     outcome(pte_offset_map(&copy, ADDR).map(|map| map.pte()))
 }
@@ -544,7 +564,8 @@ fn two_walkers_vs_retract() {
 /// Between the remover's collapse and its populate the slot is empty: a writer that retries
 /// then finds no table ([`SAW_NONE`]), as a kernel caller of `pte_offset_map_lock` may.
 fn write_locked(b: &LoomPgtable) -> usize {
-    let pmd = b.pmd();
+    let mm = LoomMm(b);
+    let pmd = mm.pmd();
     match pte_offset_map_lock(&pmd, ADDR) {
         Ok(ptl) => {
             let seen = outcome(Ok(ptl.pte()));

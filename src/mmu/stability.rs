@@ -11,7 +11,7 @@ use super::frames::{ENTRIES, FrameKind, PmdSlot};
 use super::lockdep::{self, How, LockClass};
 use crate::bound::{OnItsThread, WalkBound};
 use crate::error::Error;
-use crate::provenance::{InTable, InstallLock, PmdRef};
+use crate::provenance::{InTable, InstallLock, PmdRef, WalkLock};
 use core::marker::PhantomData;
 use core::panic::Location;
 use std::sync::atomic::Ordering;
@@ -201,13 +201,7 @@ macro_rules! walks {
                 &self,
                 va: u64,
             ) -> Result<Option<PmdRef<'m, '_, Mmu, InTable>>, Error> {
-                self.mmu.check_va(va, 1)?;
-                Ok(self.mmu.pmd_slot(va).map(|slot| {
-                    // SAFETY: the slot is in a PMD table of this MMU; upper-level tables are
-                    // never freed while the MMU lives, and this walk lock is held for the
-                    // borrow of `self`.
-                    unsafe { PmdRef::from_slot(self.mmu, slot) }
-                }))
+                WalkLock::pmd_offset(self, va)
             }
 
             /// Walks to the pmd slot for `va`, allocating missing upper levels (`pmd_alloc`).
@@ -218,12 +212,28 @@ macro_rules! walks {
                 self.mmu.check_va(va, 1)?;
                 let need = self.mmu.missing_upper(va);
                 let mut reserve = self.mmu.frames.alloc_n(need, FrameKind::Pmd)?;
-                let slot = self.mmu.pmd_slot_alloc(va, &mut reserve);
+                let slot = self.mmu.pmd_slot_alloc(va, &mut reserve).map(|_| ());
                 for pfn in reserve {
                     self.mmu.frames.free(pfn);
                 }
-                // SAFETY: as in `pmd_offset`.
-                Ok(unsafe { PmdRef::from_slot(self.mmu, slot?) })
+                slot?;
+                WalkLock::pmd_offset(self, va)?.ok_or(Error::NotMapped { addr: va })
+            }
+        }
+
+        // SAFETY: the slot is in a PMD table of this MMU (`Mmu::pmd_slot`); upper-level tables
+        // are never freed while the MMU lives, and the mmap lock is held for as long as the
+        // token is borrowed. The token is `!Send` (`WalkBound`).
+        unsafe impl<'m> WalkLock<'m, Mmu> for $guard<'m> {
+            type Error = Error;
+
+            fn backend(&self) -> &'m Mmu {
+                self.mmu
+            }
+
+            fn pmd_slot(&self, va: u64) -> Result<Option<&PmdSlot>, Error> {
+                self.mmu.check_va(va, 1)?;
+                Ok(self.mmu.pmd_slot(va))
             }
         }
 
@@ -257,10 +267,8 @@ impl<'m> MmapReadGuard<'m> {
         va: u64,
         reserve: &mut Vec<u64>,
     ) -> Result<PmdRef<'m, '_, Mmu, InTable>, Error> {
-        let slot = self.mmu.pmd_slot_alloc(va, reserve)?;
-        // SAFETY: the slot is in a PMD table of this MMU; upper-level tables are never freed
-        // while the MMU lives, and this mmap read lock is held for the borrow of `self`.
-        Ok(unsafe { PmdRef::from_slot(self.mmu, slot) })
+        self.mmu.pmd_slot_alloc(va, reserve)?;
+        WalkLock::pmd_offset(self, va)?.ok_or(Error::NotMapped { addr: va })
     }
 }
 

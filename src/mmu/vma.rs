@@ -22,7 +22,7 @@ use super::stability::MmapWriteGuard;
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
 use crate::bound::{OnItsThread, WalkBound};
 use crate::error::Error;
-use crate::provenance::{ExclusiveAccess, InTable, InstallLock, PmdRef};
+use crate::provenance::{ExclusiveAccess, InTable, InstallLock, PmdRef, WalkLock};
 use core::marker::PhantomData;
 use core::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -349,12 +349,23 @@ impl<'m> VmaReadGuard<'m> {
     /// # Errors
     /// [`Error::OutsideVma`] if `va` is not inside the locked VMA; a bad address.
     pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'m, '_, Mmu, InTable>>, Error> {
-        let slot = self
-            .mmu
-            .token_walk(va, Some((self.vma.start, self.vma.end)))?;
-        // SAFETY: the slot is in a PMD table of this MMU; upper-level tables are never freed
-        // while the MMU lives, and the VMA lock is held for the borrow of `self`.
-        Ok(slot.map(|s| unsafe { PmdRef::from_slot(self.mmu, s) }))
+        WalkLock::pmd_offset(self, va)
+    }
+}
+
+// SAFETY: the slot is in a PMD table of this MMU; upper-level tables are never freed while the
+// MMU lives, and the VMA lock is held (and the VMA attached: `free_pgtables` detaches it under
+// the VMA write lock first) for as long as the token is borrowed. `!Send` (`WalkBound`).
+unsafe impl<'m> WalkLock<'m, Mmu> for VmaReadGuard<'m> {
+    type Error = Error;
+
+    fn backend(&self) -> &'m Mmu {
+        self.mmu
+    }
+
+    fn pmd_slot(&self, va: u64) -> Result<Option<&PmdSlot>, Error> {
+        self.mmu
+            .token_walk(va, Some((self.vma.start, self.vma.end)))
     }
 }
 
@@ -403,10 +414,22 @@ impl<'a> VmaWriteGuard<'a> {
     /// # Errors
     /// [`Error::OutsideVma`]; a bad address.
     pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'a, '_, Mmu, InTable>>, Error> {
-        let mmu = self.mm.mmu();
-        let slot = mmu.token_walk(va, Some((self.vma.start, self.vma.end)))?;
-        // SAFETY: as for `VmaReadGuard::pmd_offset`; the mmap write lock is held too.
-        Ok(slot.map(|s| unsafe { PmdRef::from_slot(mmu, s) }))
+        WalkLock::pmd_offset(self, va)
+    }
+}
+
+// SAFETY: as for `VmaReadGuard`; the mmap write lock is held too.
+unsafe impl<'a> WalkLock<'a, Mmu> for VmaWriteGuard<'a> {
+    type Error = Error;
+
+    fn backend(&self) -> &'a Mmu {
+        self.mm.mmu()
+    }
+
+    fn pmd_slot(&self, va: u64) -> Result<Option<&PmdSlot>, Error> {
+        self.mm
+            .mmu()
+            .token_walk(va, Some((self.vma.start, self.vma.end)))
     }
 }
 
@@ -464,16 +487,28 @@ impl<'m> RmapReadGuard<'m> {
     /// # Errors
     /// [`Error::OutsideVma`] if no linked file VMA contains `va`; a bad address.
     pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'m, '_, Mmu, InTable>>, Error> {
+        WalkLock::pmd_offset(self, va)
+    }
+}
+
+// SAFETY: the walk finds only slots of a file VMA linked into the rmap, and the rmap lock is
+// held for as long as the token is borrowed, so `free_pgtables` (which unlinks under the rmap
+// write lock first) cannot run on it; upper-level tables are never freed while the MMU lives.
+// `!Send` (`WalkBound`).
+unsafe impl<'m> WalkLock<'m, Mmu> for RmapReadGuard<'m> {
+    type Error = Error;
+
+    fn backend(&self) -> &'m Mmu {
+        self.mmu
+    }
+
+    fn pmd_slot(&self, va: u64) -> Result<Option<&PmdSlot>, Error> {
         let vma = self
             .mmu
             .vma_at(va)
             .filter(|v| v.kind == VmaKind::File && !v.detached.load(Ordering::Acquire))
             .ok_or(Error::OutsideVma { addr: va })?;
-        let slot = self.mmu.token_walk(va, Some((vma.start, vma.end)))?;
-        // SAFETY: the VMA is linked into the rmap and the rmap lock is held for the borrow of
-        // `self`, so `free_pgtables` (which unlinks under the rmap write lock first) cannot run
-        // on it; upper-level tables are never freed while the MMU lives.
-        Ok(slot.map(|s| unsafe { PmdRef::from_slot(self.mmu, s) }))
+        self.mmu.token_walk(va, Some((vma.start, vma.end)))
     }
 }
 
@@ -643,11 +678,21 @@ impl<'m> Exclusive<'_, 'm> {
     /// # Errors
     /// [`Error::OutsideVma`] outside the range; a bad address.
     pub fn pmd_offset(&self, va: u64) -> Result<Option<PmdRef<'m, '_, Mmu, InTable>>, Error> {
-        let mmu = self.mmu();
-        let slot = mmu.token_walk(va, Some((self.start, self.end)))?;
-        // SAFETY: the mmap write lock is held for the borrow of `self`; upper-level tables are
-        // never freed while the MMU lives.
-        Ok(slot.map(|s| unsafe { PmdRef::from_slot(mmu, s) }))
+        WalkLock::pmd_offset(self, va)
+    }
+}
+
+// SAFETY: the mmap write lock is held for as long as the token is borrowed; upper-level tables
+// are never freed while the MMU lives. `!Send` (`WalkBound`).
+unsafe impl<'m> WalkLock<'m, Mmu> for Exclusive<'_, 'm> {
+    type Error = Error;
+
+    fn backend(&self) -> &'m Mmu {
+        self.mm.mmu()
+    }
+
+    fn pmd_slot(&self, va: u64) -> Result<Option<&PmdSlot>, Error> {
+        self.mmu().token_walk(va, Some((self.start, self.end)))
     }
 }
 

@@ -71,7 +71,7 @@ pub use marker::{
     Provenance, ProvesProtection, ReadOnly, Retired, Unprotected, Unverified,
 };
 pub use pmd::{PmdLockGuard, PmdRef, pmd_lock, pmd_trylock, pmdp_get_lockless};
-pub use walk::InstallLock;
+pub use walk::{InstallLock, LocklessWalk, WalkLock};
 
 static_assertions::assert_eq_size!(InTable, ());
 static_assertions::assert_eq_size!(Detached, ());
