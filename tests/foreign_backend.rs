@@ -9,12 +9,13 @@
 use std::boxed::Box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use typed_pgtable::NoMap;
 use typed_pgtable::provenance::{
-    DetachedPmd, InTable, InstallLock, LocklessWalk, MapKind, PgtableBackend, PmdRef, WalkLock,
-    pmd_lock, pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
+    DetachedPmd, InTable, InstallLock, LocklessWalk, MapKind, PgtableBackend, PgtableError, PmdRef,
+    WalkLock, pmd_lock, pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map,
+    pte_offset_map_lock,
 };
 use typed_pgtable::rcu::{EpochRcu, RcuDomain, RcuGuard};
-use typed_pgtable::{Error, NoMap};
 
 const SLOTS: usize = 4;
 const TABLES: usize = 4;
@@ -65,13 +66,13 @@ struct ToyMm<'t>(&'t Toy);
 // SAFETY: the slots are the toy's, in its only PMD table, which lives as long as the toy: no
 // path frees it while a token borrows the toy.
 unsafe impl<'t> WalkLock<'t, Toy> for ToyMm<'t> {
-    type Error = Error;
+    type Error = PgtableError;
 
     fn backend(&self) -> &'t Toy {
         self.0
     }
 
-    fn pmd_slot(&self, addr: u64) -> Result<Option<&Slot>, Error> {
+    fn pmd_slot(&self, addr: u64) -> Result<Option<&Slot>, PgtableError> {
         Ok(self.0.slots.get((addr >> 21) as usize))
     }
 }
@@ -96,10 +97,14 @@ unsafe impl LocklessWalk for Toy {
 
 // SAFETY: the toy has no `ExclusiveAccess` remover, and the check refuses another toy's slots.
 unsafe impl InstallLock<Toy> for ToyMm<'_> {
-    fn allows_install(&self, backend: &Toy, slot: &Slot) -> Result<(), Error> {
+    fn allows_install(&self, backend: &Toy, slot: &Slot) -> Result<(), PgtableError> {
         let ours =
             std::ptr::eq(self.0, backend) && backend.slots.iter().any(|s| std::ptr::eq(s, slot));
-        if ours { Ok(()) } else { Err(Error::WrongMmu) }
+        if ours {
+            Ok(())
+        } else {
+            Err(PgtableError::WrongBackend)
+        }
     }
 }
 
@@ -119,6 +124,7 @@ fn spin(lock: &AtomicBool) {
 // naming one of the toy's tables.
 unsafe impl PgtableBackend for Toy {
     type Rcu = EpochRcu;
+    type Error = PgtableError;
     type PmdSlot = Slot;
     type PmdSnapshot = u64;
     type Table = usize;
@@ -129,9 +135,6 @@ unsafe impl PgtableBackend for Toy {
     }
     fn pmdp_get_lockless(&self, slot: &Slot) -> u64 {
         slot.0.load(Ordering::Acquire)
-    }
-    fn pmd_same(&self, a: &u64, b: &u64) -> bool {
-        a == b
     }
     fn pmd_table(&self, pmd: &u64) -> Result<usize, NoMap> {
         match *pmd {
@@ -144,17 +147,19 @@ unsafe impl PgtableBackend for Toy {
     fn pmd_of_table(&self, table: &usize) -> u64 {
         *table as u64 + 1
     }
-    fn pte_index(&self, addr: u64) -> usize {
-        (addr >> 12) as usize % PTES
-    }
     fn ptrs_per_pte(&self) -> usize {
         PTES
     }
-    unsafe fn pte_map(&self, _: &usize, _: MapKind) {}
     unsafe fn ptep_get(&self, t: &usize, i: usize, _: MapKind) -> u64 {
         self.tables[*t].ptes[i].load(Ordering::Acquire)
     }
-    unsafe fn set_pte(&self, t: &usize, i: usize, pte: u64, _: MapKind) -> Result<(), Error> {
+    unsafe fn set_pte(
+        &self,
+        t: &usize,
+        i: usize,
+        pte: u64,
+        _: MapKind,
+    ) -> Result<(), PgtableError> {
         self.tables[*t].ptes[i].store(pte, Ordering::Release);
         Ok(())
     }
@@ -194,8 +199,7 @@ unsafe impl PgtableBackend for Toy {
     unsafe fn pgtable_trans_huge_withdraw(&self, _: &Slot) -> Option<usize> {
         self.deposit.lock().unwrap().pop()
     }
-    fn pte_alloc_one(&self) -> Result<usize, Error> {
-        let free = TABLES - self.tables_in_use();
+    fn pte_alloc_one(&self) -> Result<usize, PgtableError> {
         let t = self
             .tables
             .iter()
@@ -204,7 +208,7 @@ unsafe impl PgtableBackend for Toy {
                     .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             })
-            .ok_or(Error::OutOfFrames { needed: 1, free })?;
+            .ok_or(PgtableError::OutOfMemory)?;
         for p in &self.tables[t].ptes {
             p.store(0, Ordering::Relaxed);
         }
@@ -290,11 +294,11 @@ fn nomap_errors_and_identity_on_a_foreign_backend() {
     let guard = other.rcu.read_lock();
     assert_eq!(
         pmdp_get_lockless(&mm.pmd(2), &guard).err(),
-        Some(Error::WrongMmu)
+        Some(PgtableError::WrongBackend)
     );
     assert_eq!(
         toy.pmd_copy_lockless(&guard, 0).err(),
-        Some(Error::WrongMmu)
+        Some(PgtableError::WrongBackend)
     );
     drop(guard);
     // The lockless walk of any backend, with no `unsafe`: a GUP-fast style read and recheck.
@@ -314,7 +318,7 @@ fn nomap_errors_and_identity_on_a_foreign_backend() {
         .collect();
     assert_eq!(
         DetachedPmd::pte_alloc_one(&toy).err(),
-        Some(Error::OutOfFrames { needed: 1, free: 0 })
+        Some(PgtableError::OutOfMemory)
     );
     assert_eq!(toy.tables_in_use(), TABLES);
     for t in held {

@@ -64,14 +64,14 @@ mod loom_common;
 use loom::sync::Arc;
 use loom::thread;
 use loom_common::{Tally, check};
+use typed_pgtable::NoMap;
 use typed_pgtable::provenance::{
-    DetachedPmd, InTable, InstallLock, MapKind, PgtableBackend, PmdRef, WalkLock, pmd_lock,
-    pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
+    DetachedPmd, InTable, InstallLock, MapKind, PgtableBackend, PgtableError, PmdRef, WalkLock,
+    pmd_lock, pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
 };
 use typed_pgtable::rcu::RcuDomain;
 use typed_pgtable::rcu::tiny::TinyRcuDomain;
 use typed_pgtable::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering, UnsafeCell, yield_now};
-use typed_pgtable::{Error, NoMap};
 
 /// PTE tables in the pool.
 const TABLES: usize = 2;
@@ -223,13 +223,13 @@ struct LoomMm<'b>(&'b LoomPgtable);
 // SAFETY: the slot is this backend's and lies in its only PMD table, which lives as long as
 // the backend and is never freed: any borrow of the backend keeps it stable.
 unsafe impl<'b> WalkLock<'b, LoomPgtable> for LoomMm<'b> {
-    type Error = Error;
+    type Error = PgtableError;
 
     fn backend(&self) -> &'b LoomPgtable {
         self.0
     }
 
-    fn pmd_slot(&self, _addr: u64) -> Result<Option<&Slot>, Error> {
+    fn pmd_slot(&self, _addr: u64) -> Result<Option<&Slot>, PgtableError> {
         Ok(Some(&self.0.slot))
     }
 }
@@ -247,11 +247,11 @@ impl<'b> LoomMm<'b> {
 // SAFETY: `LoomPgtable` has no `ExclusiveAccess` remover, and the check refuses another
 // backend's slots.
 unsafe impl InstallLock<LoomPgtable> for LoomMm<'_> {
-    fn allows_install(&self, backend: &LoomPgtable, slot: &Slot) -> Result<(), Error> {
+    fn allows_install(&self, backend: &LoomPgtable, slot: &Slot) -> Result<(), PgtableError> {
         if std::ptr::eq(self.0, backend) && std::ptr::eq(&backend.slot, slot) {
             Ok(())
         } else {
-            Err(Error::WrongMmu)
+            Err(PgtableError::WrongBackend)
         }
     }
 }
@@ -264,6 +264,7 @@ unsafe impl InstallLock<LoomPgtable> for LoomMm<'_> {
 // accepts only values `1..=TABLES`.
 unsafe impl PgtableBackend for LoomPgtable {
     type Rcu = TinyRcuDomain;
+    type Error = PgtableError;
     type PmdSlot = Slot;
     type PmdSnapshot = usize;
     type Table = usize;
@@ -306,7 +307,13 @@ unsafe impl PgtableBackend for LoomPgtable {
         table.touch("ptep_get");
         table.ptes[i].load(Ordering::Relaxed)
     }
-    unsafe fn set_pte(&self, t: &usize, i: usize, pte: u64, kind: MapKind) -> Result<(), Error> {
+    unsafe fn set_pte(
+        &self,
+        t: &usize,
+        i: usize,
+        pte: u64,
+        kind: MapKind,
+    ) -> Result<(), PgtableError> {
         self.check_write(*t, kind, "set_pte");
         self.table(*t).ptes[i].store(pte, Ordering::Relaxed);
         Ok(())
@@ -365,7 +372,7 @@ unsafe impl PgtableBackend for LoomPgtable {
     unsafe fn pgtable_trans_huge_withdraw(&self, _: &Slot) -> Option<usize> {
         None
     }
-    fn pte_alloc_one(&self) -> Result<usize, Error> {
+    fn pte_alloc_one(&self) -> Result<usize, PgtableError> {
         let t = self
             .tables
             .0
@@ -375,7 +382,7 @@ unsafe impl PgtableBackend for LoomPgtable {
                     .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             })
-            .ok_or(Error::OutOfFrames { needed: 1, free: 0 })?;
+            .ok_or(PgtableError::OutOfMemory)?;
         let table = self.table(t);
         // The zeroing of a fresh frame: a walker that reaches it must be ordered after this.
         table.set_mem(LIVE);

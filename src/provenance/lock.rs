@@ -2,10 +2,11 @@
 //! `pte_offset_map_rw_nolock`, and the access states they return.
 
 use super::backend::{MapKind, PgtableBackend};
+use super::error::PgtableError;
 use super::map::PteMap;
 use super::marker::{Access, Attached, CanWrite, InTable, ProvesProtection, ReadOnly, Unverified};
 use super::pmd::PmdRef;
-use crate::error::{Error, NoMap, Rejected};
+use crate::error::{NoMap, Rejected};
 use core::fmt;
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
@@ -62,7 +63,7 @@ impl<'a, B: PgtableBackend, A: Access> PteLocked<'a, B, A> {
     /// # Errors
     /// The backend's refusal of `pte` (the in-memory MMU: [`Error::NotADataPage`]); nothing
     /// is written then.
-    pub fn set_pte(&self, addr: u64, pte: B::Pte) -> Result<(), Error>
+    pub fn set_pte(&self, addr: u64, pte: B::Pte) -> Result<(), B::Error>
     where
         A: CanWrite,
     {
@@ -82,7 +83,7 @@ impl<'a, B: PgtableBackend, A: Access> PteLocked<'a, B, A> {
     ///
     /// # Errors
     /// As [`set_pte`](Self::set_pte).
-    pub fn set_pte_index(&self, index: usize, pte: B::Pte) -> Result<(), Error>
+    pub fn set_pte_index(&self, index: usize, pte: B::Pte) -> Result<(), B::Error>
     where
         A: CanWrite,
     {
@@ -104,13 +105,13 @@ impl<'a, B: PgtableBackend> PteLocked<'a, B, Unverified> {
     pub fn revalidate<'b>(
         self,
         pmd: &PmdRef<'_, 'b, B, InTable>,
-    ) -> Result<PteLocked<'b, B, Attached>, Rejected<Self>>
+    ) -> Result<PteLocked<'b, B, Attached>, Rejected<Self, B::Error>>
     where
         'a: 'b,
     {
         if !core::ptr::eq(self.map.backend, pmd.backend) {
             return Err(Rejected {
-                error: Error::WrongMmu,
+                error: PgtableError::WrongBackend.into(),
                 value: self,
             });
         }
@@ -120,7 +121,7 @@ impl<'a, B: PgtableBackend> PteLocked<'a, B, Unverified> {
             Ok(self.into_state())
         } else {
             Err(Rejected {
-                error: Error::PmdChanged,
+                error: PgtableError::PmdChanged.into(),
                 value: self,
             })
         }

@@ -27,9 +27,9 @@
 //! with the rmap lock alone the call does not compile.
 
 use super::backend::PgtableBackend;
+use super::error::PgtableError;
 use super::marker::{CopiedUnderRcu, InTable};
 use super::pmd::PmdRef;
-use crate::error::Error;
 use crate::rcu::RcuGuard;
 
 /// A token that keeps the upper levels of some range stable while it is held (a walk lock:
@@ -136,14 +136,15 @@ pub unsafe trait LocklessWalk: PgtableBackend + Sized {
     /// of a lockless walk): a `CopiedUnderRcu<'g>` copy that cannot outlive the section.
     ///
     /// # Errors
-    /// [`Error::WrongMmu`] if `guard` belongs to another RCU domain than this backend's.
+    /// [`PgtableError::WrongBackend`] if `guard` belongs to another RCU domain than this
+    /// backend's.
     fn pmd_copy_lockless<'g>(
         &'g self,
         guard: &'g RcuGuard<'_, Self::Rcu>,
         addr: u64,
-    ) -> Result<Option<PmdRef<'g, 'g, Self, CopiedUnderRcu<'g>>>, Error> {
+    ) -> Result<Option<PmdRef<'g, 'g, Self, CopiedUnderRcu<'g>>>, Self::Error> {
         if !core::ptr::eq(guard.domain(), self.rcu()) {
-            return Err(Error::WrongMmu);
+            return Err(PgtableError::WrongBackend.into());
         }
         Ok(self.pmd_slot_lockless(guard, addr).map(|slot| {
             let value = self.pmdp_get_lockless(slot);
@@ -172,7 +173,8 @@ pub unsafe trait InstallLock<B: PgtableBackend> {
     /// Whether this lock allows installing a table in `slot` of `backend`.
     ///
     /// # Errors
-    /// [`Error::WrongMmu`] for a slot or backend this lock does not belong to,
-    /// [`Error::SlotNotCovered`] for a slot outside what it covers (another VMA's).
-    fn allows_install(&self, backend: &B, slot: &B::PmdSlot) -> Result<(), Error>;
+    /// [`PgtableError::WrongBackend`] for a slot or backend this lock does not belong to,
+    /// [`PgtableError::SlotNotCovered`] for a slot outside what it covers (another VMA's), or
+    /// the backend's own reason.
+    fn allows_install(&self, backend: &B, slot: &B::PmdSlot) -> Result<(), B::Error>;
 }
