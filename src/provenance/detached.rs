@@ -285,6 +285,9 @@ pub unsafe trait ExclusiveAccess<'m, B: PgtableBackend> {
     fn covered_slot(&self, addr: u64) -> Result<Option<&B::PmdSlot>, B::Error>;
 }
 
+/// A PTE lock handed back by a refused [`pmdp_collapse_flush`], with the backend's error.
+type LockHandedBack<'t, B> = Rejected<PteLocked<'t, B, Attached>, <B as PgtableBackend>::Error>;
+
 /// Clears the slot for `addr` without the PTE lock under exclusive access (`pmd_clear` in
 /// `free_pte_range`), and takes the table. Lockless walkers may still be inside it, so it is
 /// [`Retired`]: free it with `pte_free_defer` (`tlb_remove_table`).
@@ -403,7 +406,7 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
 pub fn pmdp_collapse_flush<'m, 't, B: PgtableBackend>(
     pml: &PmdLockGuard<'m, '_, B>,
     ptl: PteLocked<'t, B, Attached>,
-) -> Result<DetachedPmd<'m, B, Retired>, Rejected<PteLocked<'t, B, Attached>, B::Error>> {
+) -> Result<DetachedPmd<'m, B, Retired>, LockHandedBack<'t, B>> {
     let backend = pml.backend();
     if !core::ptr::eq(backend, ptl.backend()) {
         return Err(Rejected {
