@@ -5,7 +5,7 @@
 //! [`thiserror`](https://docs.rs/thiserror) in `no_std` mode.
 //!
 //! [`Error`] is the in-memory MMU's error (its backend error type); the provenance layer's
-//! backend-neutral one is [`PgtableError`](crate::provenance::PgtableError), which converts
+//! backend-neutral one is [`PgtableError`], which converts
 //! into it. [`NoMap`] (the nomap cases) and [`Rejected`] (a refused value handed back) are
 //! shared by both.
 

@@ -133,9 +133,9 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
     /// covering the slot; the rmap lock alone does not compile), `pml` the slot's PMD lock.
     ///
     /// # Errors
-    /// Hands the table back with [`Error::SlotOccupied`] if the slot is not empty,
-    /// [`Error::WrongMmu`] if the lock belongs to another backend, or
-    /// [`Error::SlotNotCovered`] if `mm` does not cover the slot.
+    /// Hands the table back with [`PgtableError::SlotOccupied`] if the slot is not empty,
+    /// [`PgtableError::WrongBackend`] if the lock belongs to another backend, or
+    /// [`PgtableError::SlotNotCovered`] if `mm` does not cover the slot.
     pub fn pmd_populate<L: InstallLock<B>>(
         self,
         mm: &L,
@@ -148,7 +148,7 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
         this.populate_locked(&pml.pmd())
     }
 
-    /// `self`, or `self` handed back with [`Error::WrongMmu`] if `other` is another backend.
+    /// `self`, or `self` handed back with [`PgtableError::WrongBackend`] if `other` is another backend.
     fn same_backend(self, other: &B) -> Result<Self, Rejected<Self, B::Error>> {
         if core::ptr::eq(self.backend, other) {
             Ok(self)
@@ -198,9 +198,9 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
     /// `mm` allows installing there, as for [`pmd_populate`](Self::pmd_populate).
     ///
     /// # Errors
-    /// Hands the table back with [`Error::WrongMmu`] if the locks or `pmd` belong to another
-    /// backend, [`Error::SlotNotCovered`] if `pml` does not hold `pmd`'s lock or `mm` does not
-    /// cover the slot, or [`Error::SlotOccupied`] if the slot is not empty.
+    /// Hands the table back with [`PgtableError::WrongBackend`] if the locks or `pmd` belong to another
+    /// backend, [`PgtableError::SlotNotCovered`] if `pml` does not hold `pmd`'s lock or `mm` does not
+    /// cover the slot, or [`PgtableError::SlotOccupied`] if the slot is not empty.
     pub fn pmd_populate_at<L: InstallLock<B>>(
         self,
         mm: &L,
@@ -281,7 +281,8 @@ pub unsafe trait ExclusiveAccess<'m, B: PgtableBackend> {
     /// borrowed.
     ///
     /// # Errors
-    /// Why the proof does not cover `addr`, e.g. [`Error::OutsideVma`].
+    /// Why the proof does not cover `addr` (the in-memory MMU:
+    /// [`Error::OutsideVma`](crate::Error::OutsideVma)).
     fn covered_slot(&self, addr: u64) -> Result<Option<&B::PmdSlot>, B::Error>;
 }
 
@@ -293,8 +294,8 @@ type LockHandedBack<'t, B> = Rejected<PteLocked<'t, B, Attached>, <B as PgtableB
 /// [`Retired`]: free it with `pte_free_defer` (`tlb_remove_table`).
 ///
 /// # Errors
-/// The proof's error if it does not cover `addr`; [`Error::NotMapped`] if the upper levels do
-/// not exist; [`Error::NoTable`] if the slot names no PTE table.
+/// The proof's error if it does not cover `addr`; [`PgtableError::NoSlot`] if the upper levels
+/// do not exist; [`PgtableError::NoTable`] if the slot names no PTE table.
 pub fn pmd_clear_exclusive<'m, B: PgtableBackend, E: ExclusiveAccess<'m, B>>(
     excl: &mut E,
     addr: u64,
@@ -325,7 +326,7 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
     /// Allocates a zeroed, unpublished table (`pte_alloc_one`).
     ///
     /// # Errors
-    /// [`Error::OutOfFrames`] when the backend has no memory.
+    /// [`PgtableError::OutOfMemory`] when the backend has no memory.
     pub fn pte_alloc_one(backend: &'m B) -> Result<Self, B::Error> {
         let table = backend.pte_alloc_one()?;
         // INVARIANT: a new table is owned and unreachable.
@@ -344,9 +345,9 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
     /// with no deposit yet (`pgtable_trans_huge_deposit`): the table a later split fills.
     ///
     /// # Errors
-    /// Hands the table back with [`Error::WrongMmu`] if the lock belongs to another backend,
-    /// [`Error::TableInTheWay`] if the slot names a PTE table (the deposit would be stranded),
-    /// [`Error::NotMapped`] if it holds no huge entry, or [`Error::SlotOccupied`] if a table
+    /// Hands the table back with [`PgtableError::WrongBackend`] if the lock belongs to another backend,
+    /// [`PgtableError::TableInTheWay`] if the slot names a PTE table (the deposit would be stranded),
+    /// [`PgtableError::NotHuge`] if it holds no huge entry, or [`PgtableError::SlotOccupied`] if a table
     /// is already deposited there.
     pub fn pgtable_trans_huge_deposit(
         self,
@@ -400,8 +401,8 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
 /// return. Lockless walkers may still be inside the table, so the result is [`Retired`].
 ///
 /// # Errors
-/// Hands the lock back if it belongs to another backend ([`Error::WrongMmu`]) or maps another
-/// table than the one in the slot ([`Error::PmdChanged`]).
+/// Hands the lock back if it belongs to another backend ([`PgtableError::WrongBackend`]) or maps another
+/// table than the one in the slot ([`PgtableError::PmdChanged`]).
 ///
 pub fn pmdp_collapse_flush<'m, 't, B: PgtableBackend>(
     pml: &PmdLockGuard<'m, '_, B>,
@@ -480,6 +481,11 @@ impl<B: PgtableBackend> PteMapMut<'_, B> {
     /// Clears the PTE for `addr` and returns the old value.
     pub fn ptep_get_and_clear(&self, addr: u64) -> B::Pte {
         self.map.clear_index(self.map.backend.pte_index(addr))
+    }
+
+    /// Clears the PTE at `index` (modulo the table size) and returns the old value.
+    pub fn ptep_get_and_clear_index(&self, index: usize) -> B::Pte {
+        self.map.clear_index(index)
     }
 }
 

@@ -61,7 +61,7 @@ impl<'a, B: PgtableBackend, A: Access> PteLocked<'a, B, A> {
     /// Writes the PTE for `addr` (`set_pte_at`). Only in a writing state.
     ///
     /// # Errors
-    /// The backend's refusal of `pte` (the in-memory MMU: [`Error::NotADataPage`]); nothing
+    /// The backend's refusal of `pte` (the in-memory MMU: [`Error::NotADataPage`](crate::Error::NotADataPage)); nothing
     /// is written then.
     pub fn set_pte(&self, addr: u64, pte: B::Pte) -> Result<(), B::Error>
     where
@@ -96,8 +96,8 @@ impl<'a, B: PgtableBackend> PteLocked<'a, B, Unverified> {
     /// lock) and returns the writable state.
     ///
     /// # Errors
-    /// Hands the lock back with [`Error::PmdChanged`] if the slot no longer holds the mapped
-    /// value (the table was removed or replaced; unlock and retry), or [`Error::WrongMmu`] if
+    /// Hands the lock back with [`PgtableError::PmdChanged`] if the slot no longer holds the mapped
+    /// value (the table was removed or replaced; unlock and retry), or [`PgtableError::WrongBackend`] if
     /// `pmd` belongs to another backend.
     ///
     /// The `Attached` lock lives no longer than `pmd`'s walk lock: attachment is proven only
