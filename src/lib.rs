@@ -59,6 +59,8 @@ extern crate std;
 
 pub mod bound;
 pub mod error;
+#[cfg(feature = "heap")]
+pub mod heap;
 #[cfg(feature = "std")]
 pub mod mmu;
 pub mod provenance;
