@@ -452,7 +452,7 @@ mod tests {
             "truncated like the macro"
         );
         assert_eq!(Prot::KERNEL.with_attr_indx(5).attr_indx(), 5);
-        assert_eq!(std::format!("{pte:?}"), "Pte(0x0000000000042ec3)");
+        assert_eq!(std::format!("{pte:?}"), "Pte(0x0060000000042f43)");
     }
 
     #[test]
