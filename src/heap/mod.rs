@@ -27,13 +27,13 @@
 //!
 //! | lock | type | gives | allows |
 //! |---|---|---|---|
-//! | mm lock, shared | [`HeapMm`] from [`HeapPgtable::mmap_read_lock`] | `InTable` slots ([`HeapMm::pmd_offset`]) | walking, locking, retracting, installing ([`InstallLock`]) |
-//! | mm lock, exclusive | [`HeapMmExclusive`] from [`HeapPgtable::mmap_write_lock`] | `InTable` slots of its own | clearing slots without the PTE lock ([`ExclusiveAccess`]) |
+//! | mm lock, shared | [`HeapMm`] from [`HeapPgtable::mmap_read_lock`] | `InTable` slots ([`HeapMm::pmd_offset`]) | walking, locking, retracting, installing ([`InstallLock`](crate::provenance::InstallLock)) |
+//! | mm lock, exclusive | [`HeapMmExclusive`] from [`HeapPgtable::mmap_write_lock`] | `InTable` slots of its own | clearing slots without the PTE lock ([`ExclusiveAccess`](crate::provenance::ExclusiveAccess)) |
 //! | an RCU section | a [`Qsbr`] guard | `CopiedUnderRcu` copies ([`HeapPgtable::pmd_copy_lockless`], `pmdp_get_lockless`) | lockless reads (GUP-fast) |
 //!
 //! ```
 //! use typed_pgtable::heap::{HeapPgtable, desc::{pfn_pte, pte_pfn, Prot}};
-//! use typed_pgtable::provenance::{pmd_lock, pte_offset_map, DetachedPmd};
+//! use typed_pgtable::provenance::{pmd_lock, pte_offset_map, DetachedPmd, PgtableBackend};
 //! use typed_pgtable::rcu::RcuDomain;
 //!
 //! let heap = HeapPgtable::new()?;

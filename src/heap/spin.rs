@@ -17,7 +17,7 @@
 //!   for removers that work by exclusivity).
 //!
 //! Waiting spins on a plain load (so the cache line is shared while the lock is held) and
-//! calls [`yield_now`](crate::sync::yield_now) between tries: on the project's 2-core machine,
+//! calls [`yield_now`] between tries: on the project's 2-core machine,
 //! and under Miri, the holder may need the waiter's CPU to make progress. None of the locks is
 //! fair or reentrant; taking a lock its own thread holds deadlocks, as a kernel spinlock does.
 //!

@@ -29,8 +29,8 @@
 //! page frame *number*, no memory behind it, so no pointer is needed. A PMD slot
 //! ([`PmdSlot`]) holds an `AtomicPtr<u8>` whose **address is the 64-bit descriptor**: a table
 //! descriptor is the PTE table's pointer with bits\[1:0\] = `0b11` set by
-//! [`map_addr`](pointer::map_addr), so it keeps the pointer's provenance, and the walk
-//! recovers the table with [`with_addr`](pointer::with_addr) rather than an integer-to-pointer
+//! `pointer::map_addr`, so it keeps the pointer's provenance, and the walk
+//! recovers the table with `pointer::with_addr` rather than an integer-to-pointer
 //! cast. Miri then checks every access through a slot against the allocation the pointer came
 //! from, and a read of a freed table is undefined behaviour it reports, even if the allocator
 //! reused the address. Blocks and other leaf values carry no provenance (they are never
@@ -92,7 +92,7 @@ fn alloc_page<T>() -> Option<NonNull<T>> {
 /// A handle naming one PTE table (the backend's `Table`): a pointer to its memory.
 ///
 /// # Invariants
-/// `0` points to a [`PtPage`] allocated by [`PteTableRef::alloc`] whose address fits the
+/// `0` points to a `PtPage` allocated by `PteTableRef::alloc` whose address fits the
 /// output-address field. The handle does **not** keep the memory alive: dereferencing it needs
 /// the table to be protected (see [`PgtableBackend`](crate::provenance::PgtableBackend)),
 /// which is why every accessor is `unsafe`.
