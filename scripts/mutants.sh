@@ -29,11 +29,11 @@ MUTANTS=$(cat <<'EOF'
 lock_without_pmd_same	src/provenance/lock.rs	s/match P::recheck_slot\(&pmd\.src\) \{/match P::recheck_slot(&pmd.src).filter(|_| false) {/	tr
 free_defer_frees_at_once	src/mmu/backend.rs	s/self\.rcu\.call_rcu\(Box::new\(move \|\| frames\.free_table\(pfn\)\)\);/frames.free_table(pfn);/	tr
 map_without_rcu_section	src/provenance/map.rs	s/PteMap::open\(pmd, addr, MapKind::Map, true\)/PteMap::open(pmd, addr, MapKind::Map, false)/	tr
-gup_pte_path_without_pmd_recheck	src/mmu/gup.rs	s/if !pmd\.still_installed\(\) \|\| map\.ptep_get\(va\) != pte \{/if map.ptep_get(va) != pte {/	tr
-gup_huge_path_without_pmd_recheck	src/mmu/gup.rs	s/if !pmd\.still_installed\(\) \{(\s*)self\.frames\.put\(head\);/if false {$1self.frames.put(head);/	tr
+gup_pte_path_without_pmd_recheck	src/ops/gup.rs	s/if !pmd\.still_installed\(\) \|\| map\.ptep_get\(va\) != pte \{/if map.ptep_get(va) != pte {/	tr
+gup_huge_path_without_pmd_recheck	src/ops/gup.rs	s/if !pmd\.still_installed\(\) \{(\s*)pins\.unpin\(pin\);/if false {$1pins.unpin(pin);/	tr
 retract_without_anon_vma_recheck	src/mmu/khugepaged.rs	s/mmu\.vma_at\(haddr\)\s*\.is_some_and\(\|v\| !v\.anon_vma\.load\(Ordering::Acquire\)\)\s*&&/true \&\&/	t
 retract_without_either_anon_check	src/mmu/khugepaged.rs	s/mmu\.vma_at\(haddr\)\s*\.is_some_and\(\|v\| !v\.anon_vma\.load\(Ordering::Acquire\)\)\s*&& !ptl\.entries\(\)\.any\(\|p\| p\.is_present\(\) && p\.is_anon\(\)\)/{ let _ = (mmu, ptl); true }/	tr
-gup_without_pte_recheck	src/mmu/gup.rs	s/if !pmd\.still_installed\(\) \|\| map\.ptep_get\(va\) != pte \{/if !pmd.still_installed() {/	tr
+gup_without_pte_recheck	src/ops/gup.rs	s/if !pmd\.still_installed\(\) \|\| map\.ptep_get\(va\) != pte \{/if !pmd.still_installed() {/	tr
 synchronize_without_wait	src/rcu/epoch.rs	s/(self\.check_not_in_section\("synchronize_rcu"\);\s*)let done = self\.queue_marker\(\);\s*self\.wait_for\(&done, None\);/$1let _ = self.queue_marker();/	tr
 retract_without_page_table_check	src/mmu/khugepaged.rs	s/let report = super::check::page_table_check_pte_clear_range\(self, haddr, &table\.pmd\(\)\);/let report = super::check::PtcReport::default();/	tr
 reclaim_blocking_pmd_lock_under_pte_lock	src/mmu/zap.rs	s/if let Some\(pml\) = pmd_trylock\(pmd\) \{/if let Some(pml) = Some(pmd_lock(pmd)) {/	tr

@@ -3,8 +3,15 @@
 //! Every fallible operation of the crate returns one of these instead of panicking, and an
 //! operation that fails leaves the MMU exactly as it found it. Built with
 //! [`thiserror`](https://docs.rs/thiserror) in `no_std` mode.
+//!
+//! [`Error`] is the in-memory MMU's error (its backend error type); the provenance layer's
+//! backend-neutral one is [`PgtableError`], which converts
+//! into it. [`NoMap`] (the nomap cases) and [`Rejected`] (a refused value handed back) are
+//! shared by both.
 
-/// What went wrong in an MMU operation.
+use crate::provenance::PgtableError;
+
+/// What went wrong in an operation of the in-memory MMU (and the MMU's backend error type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -155,20 +162,39 @@ pub enum NoMap {
     Bad,
 }
 
+impl From<PgtableError> for Error {
+    /// The MMU's name for each provenance-level refusal. An allocation failure of one table is
+    /// `OutOfFrames { needed: 1, free: 0 }` (a one-frame allocation fails only with none free).
+    fn from(e: PgtableError) -> Error {
+        match e {
+            PgtableError::OutOfMemory => Error::OutOfFrames { needed: 1, free: 0 },
+            PgtableError::WrongBackend => Error::WrongMmu,
+            PgtableError::SlotNotCovered => Error::SlotNotCovered,
+            PgtableError::PmdChanged => Error::PmdChanged,
+            PgtableError::SlotOccupied => Error::SlotOccupied,
+            PgtableError::TableInTheWay => Error::TableInTheWay { addr: 0 },
+            PgtableError::NotHuge | PgtableError::EntryRefused => Error::NotMapped { addr: 0 },
+            PgtableError::NoSlot { addr } => Error::NotMapped { addr },
+            PgtableError::NoTable(n) => Error::NoTable(n),
+        }
+    }
+}
+
 /// A consuming operation refused its input and hands it back unchanged.
 ///
 /// Used where dropping the input would lose state, e.g. a detached table that could not be
-/// populated into a slot: the caller gets the table back and must still consume it.
+/// populated into a slot: the caller gets the table back and must still consume it. `E` is the
+/// backend's error type (the in-memory MMU's [`Error`] by default).
 #[derive(Debug)]
 #[must_use = "the rejected value still has to be consumed"]
-pub struct Rejected<T> {
+pub struct Rejected<T, E = Error> {
     /// Why the operation refused.
-    pub error: Error,
+    pub error: E,
     /// The input, unchanged.
     pub value: T,
 }
 
-impl<T> core::fmt::Display for Rejected<T> {
+impl<T, E: core::fmt::Display> core::fmt::Display for Rejected<T, E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         core::fmt::Display::fmt(&self.error, f)
     }

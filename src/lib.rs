@@ -39,6 +39,8 @@
 //! - [`provenance`]: the markers, pmd references, PTE map and lock states and detached tables.
 //!   `no_std` + `alloc`; knows no memory layout and works through
 //!   [`PgtableBackend`](provenance::PgtableBackend).
+//! - [`ops`]: kernel operations written once over the traits (GUP-fast, retract, fill and
+//!   install), used by the MMU and by any backend.
 //! - [`rcu`]: the RCU domain trait (`no_std`) and the default backend on crossbeam-epoch.
 //! - [`mmu`] (feature `std`, default): an in-memory x86-64 MMU that implements the backend,
 //!   with split page-table locks, deferred frees and a use-after-free audit.
@@ -63,6 +65,7 @@ pub mod error;
 pub mod heap;
 #[cfg(feature = "std")]
 pub mod mmu;
+pub mod ops;
 pub mod provenance;
 pub mod rcu;
 #[doc(hidden)]

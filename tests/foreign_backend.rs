@@ -9,12 +9,13 @@
 use std::boxed::Box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use typed_pgtable::NoMap;
 use typed_pgtable::provenance::{
-    DetachedPmd, InTable, InstallLock, MapKind, PgtableBackend, PmdRef, pmd_lock,
-    pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
+    DetachedPmd, InTable, InstallLock, LocklessWalk, MapKind, PgtableBackend, PgtableError, PmdRef,
+    WalkLock, pmd_lock, pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map,
+    pte_offset_map_lock,
 };
-use typed_pgtable::rcu::{EpochRcu, RcuDomain};
-use typed_pgtable::{Error, NoMap};
+use typed_pgtable::rcu::{EpochRcu, RcuDomain, RcuGuard};
 
 const SLOTS: usize = 4;
 const TABLES: usize = 4;
@@ -50,12 +51,6 @@ impl Toy {
         }
     }
 
-    /// The toy's walk: its one PMD table never goes away, so any `&self` borrow is a walk lock.
-    fn pmd(&self, i: usize) -> PmdRef<'_, '_, Toy, InTable> {
-        // SAFETY: the slot lies in the toy's only PMD table, which lives as long as `self`.
-        unsafe { PmdRef::from_slot(self, &self.slots[i]) }
-    }
-
     fn tables_in_use(&self) -> usize {
         self.tables
             .iter()
@@ -64,16 +59,52 @@ impl Toy {
     }
 }
 
-/// The toy's fault-path lock: installing is allowed under it (it has no removers that work by
-/// exclusivity).
+/// The toy's walk lock, which is also its fault-path lock: installing is allowed under it (it
+/// has no removers that work by exclusivity). Slot `i` covers `[i << 21, (i + 1) << 21)`.
 struct ToyMm<'t>(&'t Toy);
+
+// SAFETY: the slots are the toy's, in its only PMD table, which lives as long as the toy: no
+// path frees it while a token borrows the toy.
+unsafe impl<'t> WalkLock<'t, Toy> for ToyMm<'t> {
+    type Error = PgtableError;
+
+    fn backend(&self) -> &'t Toy {
+        self.0
+    }
+
+    fn pmd_slot(&self, addr: u64) -> Result<Option<&Slot>, PgtableError> {
+        Ok(self.0.slots.get((addr >> 21) as usize))
+    }
+}
+
+impl<'t> ToyMm<'t> {
+    /// The pmd of slot `i` (the walk of the provided `pmd_offset`).
+    fn pmd(&self, i: usize) -> PmdRef<'t, '_, Toy, InTable> {
+        self.pmd_offset((i as u64) << 21).unwrap().unwrap()
+    }
+}
+
+// SAFETY: the toy's only PMD table lives as long as the toy, longer than any read section.
+unsafe impl LocklessWalk for Toy {
+    fn pmd_slot_lockless<'g>(
+        &'g self,
+        _guard: &'g RcuGuard<'_, EpochRcu>,
+        addr: u64,
+    ) -> Option<&'g Slot> {
+        self.slots.get((addr >> 21) as usize)
+    }
+}
 
 // SAFETY: the toy has no `ExclusiveAccess` remover, and the check refuses another toy's slots.
 unsafe impl InstallLock<Toy> for ToyMm<'_> {
-    fn allows_install(&self, backend: &Toy, slot: &Slot) -> Result<(), Error> {
+    fn allows_install(&self, backend: &Toy, slot: &Slot) -> Result<(), PgtableError> {
         let ours =
             std::ptr::eq(self.0, backend) && backend.slots.iter().any(|s| std::ptr::eq(s, slot));
-        if ours { Ok(()) } else { Err(Error::WrongMmu) }
+        if ours {
+            Ok(())
+        } else {
+            Err(PgtableError::WrongBackend)
+        }
     }
 }
 
@@ -93,6 +124,7 @@ fn spin(lock: &AtomicBool) {
 // naming one of the toy's tables.
 unsafe impl PgtableBackend for Toy {
     type Rcu = EpochRcu;
+    type Error = PgtableError;
     type PmdSlot = Slot;
     type PmdSnapshot = u64;
     type Table = usize;
@@ -103,9 +135,6 @@ unsafe impl PgtableBackend for Toy {
     }
     fn pmdp_get_lockless(&self, slot: &Slot) -> u64 {
         slot.0.load(Ordering::Acquire)
-    }
-    fn pmd_same(&self, a: &u64, b: &u64) -> bool {
-        a == b
     }
     fn pmd_table(&self, pmd: &u64) -> Result<usize, NoMap> {
         match *pmd {
@@ -118,17 +147,19 @@ unsafe impl PgtableBackend for Toy {
     fn pmd_of_table(&self, table: &usize) -> u64 {
         *table as u64 + 1
     }
-    fn pte_index(&self, addr: u64) -> usize {
-        (addr >> 12) as usize % PTES
-    }
     fn ptrs_per_pte(&self) -> usize {
         PTES
     }
-    unsafe fn pte_map(&self, _: &usize, _: MapKind) {}
     unsafe fn ptep_get(&self, t: &usize, i: usize, _: MapKind) -> u64 {
         self.tables[*t].ptes[i].load(Ordering::Acquire)
     }
-    unsafe fn set_pte(&self, t: &usize, i: usize, pte: u64, _: MapKind) -> Result<(), Error> {
+    unsafe fn set_pte(
+        &self,
+        t: &usize,
+        i: usize,
+        pte: u64,
+        _: MapKind,
+    ) -> Result<(), PgtableError> {
         self.tables[*t].ptes[i].store(pte, Ordering::Release);
         Ok(())
     }
@@ -168,8 +199,7 @@ unsafe impl PgtableBackend for Toy {
     unsafe fn pgtable_trans_huge_withdraw(&self, _: &Slot) -> Option<usize> {
         self.deposit.lock().unwrap().pop()
     }
-    fn pte_alloc_one(&self) -> Result<usize, Error> {
-        let free = TABLES - self.tables_in_use();
+    fn pte_alloc_one(&self) -> Result<usize, PgtableError> {
         let t = self
             .tables
             .iter()
@@ -178,7 +208,7 @@ unsafe impl PgtableBackend for Toy {
                     .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
                     .is_ok()
             })
-            .ok_or(Error::OutOfFrames { needed: 1, free })?;
+            .ok_or(PgtableError::OutOfMemory)?;
         for p in &self.tables[t].ptes {
             p.store(0, Ordering::Relaxed);
         }
@@ -204,13 +234,11 @@ fn the_whole_life_of_a_table_on_a_foreign_backend() {
         .pte_offset_map_mut(0x3000)
         .set_pte(0x3000, 0xabc)
         .unwrap();
-    let pmd = toy.pmd(1);
+    let mm = ToyMm(&toy);
+    let pmd = mm.pmd(1);
     {
         let pml = pmd_lock(&pmd);
-        table
-            .pmd_populate(&ToyMm(&toy), &pml)
-            .map_err(|r| r.error)
-            .unwrap();
+        table.pmd_populate(&mm, &pml).map_err(|r| r.error).unwrap();
     }
     assert_eq!(toy.tables_in_use(), 1);
 
@@ -256,17 +284,33 @@ fn nomap_errors_and_identity_on_a_foreign_backend() {
     let toy = Toy::new();
     toy.slots[0].0.store(HUGE | 3, Ordering::Release);
     toy.slots[1].0.store(99, Ordering::Release);
-    assert_eq!(pte_offset_map(&toy.pmd(0), 0).err(), Some(NoMap::Huge));
-    assert_eq!(pte_offset_map(&toy.pmd(1), 0).err(), Some(NoMap::Bad));
-    assert_eq!(pte_offset_map(&toy.pmd(2), 0).err(), Some(NoMap::None));
+    let mm = ToyMm(&toy);
+    assert_eq!(pte_offset_map(&mm.pmd(0), 0).err(), Some(NoMap::Huge));
+    assert_eq!(pte_offset_map(&mm.pmd(1), 0).err(), Some(NoMap::Bad));
+    assert_eq!(pte_offset_map(&mm.pmd(2), 0).err(), Some(NoMap::None));
 
     // A guard of another domain is refused.
     let other = Toy::new();
     let guard = other.rcu.read_lock();
     assert_eq!(
-        pmdp_get_lockless(&toy.pmd(2), &guard).err(),
-        Some(Error::WrongMmu)
+        pmdp_get_lockless(&mm.pmd(2), &guard).err(),
+        Some(PgtableError::WrongBackend)
     );
+    assert_eq!(
+        toy.pmd_copy_lockless(&guard, 0).err(),
+        Some(PgtableError::WrongBackend)
+    );
+    drop(guard);
+    // The lockless walk of any backend, with no `unsafe`: a GUP-fast style read and recheck.
+    let guard = toy.rcu.read_lock();
+    assert_eq!(
+        toy.pmd_copy_lockless(&guard, 2 << 21)
+            .unwrap()
+            .map(|copy| pte_offset_map(&copy, 0).err()),
+        Some(Some(NoMap::None))
+    );
+    assert!(toy.pmd_copy_lockless(&guard, 9 << 21).unwrap().is_none());
+    drop(guard);
 
     // Out of tables: a typed error, and the pool is unchanged.
     let held: Vec<_> = (0..TABLES)
@@ -274,7 +318,7 @@ fn nomap_errors_and_identity_on_a_foreign_backend() {
         .collect();
     assert_eq!(
         DetachedPmd::pte_alloc_one(&toy).err(),
-        Some(Error::OutOfFrames { needed: 1, free: 0 })
+        Some(PgtableError::OutOfMemory)
     );
     assert_eq!(toy.tables_in_use(), TABLES);
     for t in held {

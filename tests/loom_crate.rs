@@ -64,14 +64,14 @@ mod loom_common;
 use loom::sync::Arc;
 use loom::thread;
 use loom_common::{Tally, check};
+use typed_pgtable::NoMap;
 use typed_pgtable::provenance::{
-    DetachedPmd, InTable, InstallLock, MapKind, PgtableBackend, PmdRef, pmd_lock,
-    pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
+    DetachedPmd, InTable, InstallLock, MapKind, PgtableBackend, PgtableError, PmdRef, WalkLock,
+    pmd_lock, pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
 };
 use typed_pgtable::rcu::RcuDomain;
 use typed_pgtable::rcu::tiny::TinyRcuDomain;
 use typed_pgtable::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering, UnsafeCell, yield_now};
-use typed_pgtable::{Error, NoMap};
 
 /// PTE tables in the pool.
 const TABLES: usize = 2;
@@ -182,13 +182,6 @@ impl LoomPgtable {
         b
     }
 
-    /// The backend's walk: its one PMD table never goes away.
-    fn pmd(&self) -> PmdRef<'_, '_, LoomPgtable, InTable> {
-        // SAFETY: the slot is this backend's and lies in its only PMD table, which lives as
-        // long as `self` and is never freed: any borrow of the backend is a walk lock.
-        unsafe { PmdRef::from_slot(self, &self.slot) }
-    }
-
     fn table(&self, t: usize) -> &Table {
         &self.tables.0[t]
     }
@@ -227,14 +220,38 @@ fn spin(lock: &AtomicBool) {
 /// is allowed under any borrow of it.
 struct LoomMm<'b>(&'b LoomPgtable);
 
+// SAFETY: the slot is this backend's and lies in its only PMD table, which lives as long as
+// the backend and is never freed: any borrow of the backend keeps it stable.
+unsafe impl<'b> WalkLock<'b, LoomPgtable> for LoomMm<'b> {
+    type Error = PgtableError;
+
+    fn backend(&self) -> &'b LoomPgtable {
+        self.0
+    }
+
+    fn pmd_slot(&self, _addr: u64) -> Result<Option<&Slot>, PgtableError> {
+        Ok(Some(&self.0.slot))
+    }
+}
+
+impl<'b> LoomMm<'b> {
+    /// The backend's walk (the provided `pmd_offset`): one slot covers every address.
+    fn pmd(&self) -> PmdRef<'b, '_, LoomPgtable, InTable> {
+        match self.pmd_offset(ADDR) {
+            Ok(Some(pmd)) => pmd,
+            _ => unreachable!("the walk always finds the one slot"),
+        }
+    }
+}
+
 // SAFETY: `LoomPgtable` has no `ExclusiveAccess` remover, and the check refuses another
 // backend's slots.
 unsafe impl InstallLock<LoomPgtable> for LoomMm<'_> {
-    fn allows_install(&self, backend: &LoomPgtable, slot: &Slot) -> Result<(), Error> {
+    fn allows_install(&self, backend: &LoomPgtable, slot: &Slot) -> Result<(), PgtableError> {
         if std::ptr::eq(self.0, backend) && std::ptr::eq(&backend.slot, slot) {
             Ok(())
         } else {
-            Err(Error::WrongMmu)
+            Err(PgtableError::WrongBackend)
         }
     }
 }
@@ -247,6 +264,7 @@ unsafe impl InstallLock<LoomPgtable> for LoomMm<'_> {
 // accepts only values `1..=TABLES`.
 unsafe impl PgtableBackend for LoomPgtable {
     type Rcu = TinyRcuDomain;
+    type Error = PgtableError;
     type PmdSlot = Slot;
     type PmdSnapshot = usize;
     type Table = usize;
@@ -289,7 +307,13 @@ unsafe impl PgtableBackend for LoomPgtable {
         table.touch("ptep_get");
         table.ptes[i].load(Ordering::Relaxed)
     }
-    unsafe fn set_pte(&self, t: &usize, i: usize, pte: u64, kind: MapKind) -> Result<(), Error> {
+    unsafe fn set_pte(
+        &self,
+        t: &usize,
+        i: usize,
+        pte: u64,
+        kind: MapKind,
+    ) -> Result<(), PgtableError> {
         self.check_write(*t, kind, "set_pte");
         self.table(*t).ptes[i].store(pte, Ordering::Relaxed);
         Ok(())
@@ -348,7 +372,7 @@ unsafe impl PgtableBackend for LoomPgtable {
     unsafe fn pgtable_trans_huge_withdraw(&self, _: &Slot) -> Option<usize> {
         None
     }
-    fn pte_alloc_one(&self) -> Result<usize, Error> {
+    fn pte_alloc_one(&self) -> Result<usize, PgtableError> {
         let t = self
             .tables
             .0
@@ -358,7 +382,7 @@ unsafe impl PgtableBackend for LoomPgtable {
                     .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
             })
-            .ok_or(Error::OutOfFrames { needed: 1, free: 0 })?;
+            .ok_or(PgtableError::OutOfMemory)?;
         let table = self.table(t);
         // The zeroing of a fresh frame: a walker that reaches it must be ordered after this.
         table.set_mem(LIVE);
@@ -384,10 +408,11 @@ fn populate(b: &LoomPgtable, pte: u64) {
         .pte_offset_map_mut(ADDR)
         .set_pte(ADDR, pte)
         .expect("the backend takes any PTE");
-    let pmd = b.pmd();
+    let mm = LoomMm(b);
+    let pmd = mm.pmd();
     let pml = pmd_lock(&pmd);
     table
-        .pmd_populate(&LoomMm(b), &pml)
+        .pmd_populate(&mm, &pml)
         .map_err(|r| r.error)
         .expect("the slot is empty");
 }
@@ -396,7 +421,8 @@ fn populate(b: &LoomPgtable, pte: u64) {
 /// `Retired`), optionally a replacement table holding [`PTE_NEW`] installed under the same PMD
 /// lock, then `pte_free_defer` and a grace period (`rcu_barrier`, which runs the free).
 fn retract(b: &LoomPgtable, replace: bool) {
-    let pmd = b.pmd();
+    let mm = LoomMm(b);
+    let pmd = mm.pmd();
     let pml = pmd_lock(&pmd);
     let ptl = pte_offset_map_lock(&pmd, ADDR).expect("the table is installed");
     let old = pmdp_collapse_flush(&pml, ptl)
@@ -477,13 +503,14 @@ fn race(
 /// Case 3: `pte_offset_map` on an `InTable` pmd, which opens its own RCU section before it
 /// reads the slot.
 fn walk_in_table(b: &LoomPgtable) -> usize {
-    outcome(pte_offset_map(&b.pmd(), ADDR).map(|map| map.pte()))
+    outcome(pte_offset_map(&LoomMm(b).pmd(), ADDR).map(|map| map.pte()))
 }
 
 /// Case 2: a copy of the pmd under the walker's own guard, then `pte_offset_map` on it.
 fn walk_copied(b: &LoomPgtable) -> usize {
     let guard = b.rcu().read_lock();
-    let pmd = b.pmd();
+    let mm = LoomMm(b);
+    let pmd = mm.pmd();
     let copy = pmdp_get_lockless(&pmd, &guard).expect("the backend's own domain");
     outcome(pte_offset_map(&copy, ADDR).map(|map| map.pte()))
 }
@@ -544,7 +571,8 @@ fn two_walkers_vs_retract() {
 /// Between the remover's collapse and its populate the slot is empty: a writer that retries
 /// then finds no table ([`SAW_NONE`]), as a kernel caller of `pte_offset_map_lock` may.
 fn write_locked(b: &LoomPgtable) -> usize {
-    let pmd = b.pmd();
+    let mm = LoomMm(b);
+    let pmd = mm.pmd();
     match pte_offset_map_lock(&pmd, ADDR) {
         Ok(ptl) => {
             let seen = outcome(Ok(ptl.pte()));

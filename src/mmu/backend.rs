@@ -200,6 +200,7 @@ impl Mmu {
 // `classify_pmd` accepts only present, well-formed, non-huge values naming a frame in range.
 unsafe impl PgtableBackend for Mmu {
     type Rcu = EpochRcu;
+    type Error = Error;
     type PmdSlot = PmdSlot;
     type PmdSnapshot = PmdVal;
     type Table = TableRef;

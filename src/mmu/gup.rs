@@ -8,10 +8,11 @@
 //! the detached table, which is why the pmd recheck is needed (bug B1).
 
 use super::audit::AuditRule;
-use super::entry::{PmdKind, Pte};
+use super::entry::{PmdKind, PmdVal, Pte};
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
 use crate::error::Error;
-use crate::provenance::{CopiedUnderRcu, PmdRef, PteMap, pte_offset_map};
+use crate::ops::{GupPin, PinStage, gup_fast_one};
+use crate::provenance::{CopiedUnderRcu, PmdRef, PteMap};
 use core::fmt;
 
 /// A reference to a data page: a pin from [`Mmu::gup_fast`], a reference from
@@ -97,10 +98,57 @@ impl PinAudit {
     }
 }
 
+/// The MMU's half of GUP-fast ([`GupPin`]): page references on its frames, and the audit's
+/// watch on each pin.
+struct MmuPins<'m> {
+    mmu: &'m Mmu,
+    audit: Option<PinAudit>,
+    /// The page of the last pin taken, for the audit's report.
+    page: u64,
+}
+
+impl GupPin<Mmu> for MmuPins<'_> {
+    /// The frame whose reference was taken (the folio's head for a huge pmd), and the page.
+    type Pin = (u64, u64);
+
+    fn pin_pte(&mut self, pte: &Pte, _addr: u64) -> Option<(u64, u64)> {
+        let pfn = pte.pfn().filter(|_| !pte.is_special())?;
+        self.page = pfn;
+        self.mmu.frames.try_get(pfn).then_some((pfn, pfn))
+    }
+
+    fn pin_huge(&mut self, pmd: &PmdVal, addr: u64) -> Option<(u64, u64)> {
+        let PmdKind::Huge(head) = pmd.kind() else {
+            return None;
+        };
+        if self.mmu.is_huge_zero(head) || !self.mmu.frames.try_get(head) {
+            return None;
+        }
+        self.page = head + ((addr & (PMD_SIZE - 1)) >> 12);
+        Some((head, self.page))
+    }
+
+    fn unpin(&mut self, (held, _): (u64, u64)) {
+        self.mmu.frames.put(held);
+    }
+
+    fn watch(&mut self, stage: PinStage, pmd: &Copied<'_, '_>, pte: PteRead<'_, '_>) {
+        match stage {
+            PinStage::Pinned => self.audit = Some(PinAudit::at_pin(pmd, pte)),
+            PinStage::Kept => {
+                if let Some(audit) = self.audit.take() {
+                    audit.kept(self.mmu, pmd, pte, self.page);
+                }
+            }
+        }
+    }
+}
+
 impl Mmu {
     /// Pins up to `nr_pages` pages from `start` without taking any lock (`gup_fast`). Stops at
     /// the first page it cannot pin safely (not present, special, or changed under it), like
-    /// the kernel, and returns the pins it took.
+    /// the kernel, and returns the pins it took. Each page goes through the generic
+    /// [`ops::gup_fast_one`](crate::ops::gup_fast_one).
     ///
     /// # Errors
     /// A bad or misaligned address.
@@ -113,51 +161,20 @@ impl Mmu {
         // No capacity from the caller's count: it may be absurd (the walk stops at the limit).
         let mut pins = std::vec::Vec::with_capacity(nr_pages.min(super::frames::ENTRIES));
         let guard = self.rcu_read_lock();
+        let mut gup = MmuPins {
+            mmu: self,
+            audit: None,
+            page: 0,
+        };
         for i in 0..nr_pages as u64 {
             let va = start + i * PAGE_SIZE;
             if self.check_va(va, PAGE_SIZE).is_err() {
                 break;
             }
-            let Some(pmd) = self.pmd_copy_lockless(&guard, va)? else {
+            let Some((_, page)) = gup_fast_one(self, &guard, va, &mut gup)? else {
                 break;
             };
-            match pmd.pmd_val().kind() {
-                // gup_fast_pmd_leaf: reference the folio, then recheck the pmd.
-                PmdKind::Huge(head) if !self.is_huge_zero(head) => {
-                    if !self.frames.try_get(head) {
-                        break;
-                    }
-                    let audit = PinAudit::at_pin(&pmd, None);
-                    if !pmd.still_installed() {
-                        self.frames.put(head);
-                        break;
-                    }
-                    let page = head + ((va & (PMD_SIZE - 1)) >> 12);
-                    audit.kept(self, &pmd, None, page);
-                    pins.push(PageRef::new(self, page));
-                }
-                PmdKind::Table(_) => {
-                    let Ok(map) = pte_offset_map(&pmd, va) else {
-                        break;
-                    };
-                    let pte = map.ptep_get(va);
-                    let Some(pfn) = pte.pfn().filter(|_| !pte.is_special()) else {
-                        break;
-                    };
-                    if !self.frames.try_get(pfn) {
-                        break;
-                    }
-                    let audit = PinAudit::at_pin(&pmd, Some((&map, va, pte)));
-                    // The recheck: pmd against its slot (B1), pte against its entry.
-                    if !pmd.still_installed() || map.ptep_get(va) != pte {
-                        self.frames.put(pfn);
-                        break;
-                    }
-                    audit.kept(self, &pmd, Some((&map, va, pte)), pfn);
-                    pins.push(PageRef::new(self, pfn));
-                }
-                _ => break,
-            }
+            pins.push(PageRef::new(self, page));
         }
         Ok(pins)
     }
@@ -170,6 +187,7 @@ mod tests {
 
     use super::*;
     use crate::mmu::{MmuConfig, VmaKind};
+    use crate::provenance::pte_offset_map;
 
     const VA: u64 = 0x20_0000;
 

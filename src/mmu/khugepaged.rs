@@ -10,10 +10,11 @@
 //! | [`Mmu::collapse_huge_page`] | mmap write + VMA write | PMD + PTE lock, `pmdp_collapse_flush` | synced, then reused: deposited (or repopulated on failure) |
 
 use super::delay::Window;
-use super::entry::{PmdKind, huge_entry};
+use super::entry::huge_entry;
 use super::vma::VmaKind;
 use super::{Mmu, PMD_SIZE};
 use crate::error::{Error, NoMap};
+use crate::ops::detach_pte_table;
 use crate::provenance::{
     Attached, DetachedPmd, InTable, PmdRef, PteLocked, Retired, pmd_lock, pmdp_collapse_flush,
     pte_offset_map, pte_offset_map_lock, pte_offset_map_rw_nolock,
@@ -71,24 +72,19 @@ impl Mmu {
         Ok(self.free_retired(table, haddr))
     }
 
-    /// PMD lock, recheck the pmd names a table, PTE lock, `recheck` under both locks, detach.
+    /// PMD lock, recheck the pmd names a table, PTE lock, `recheck` under both locks, detach:
+    /// the generic [`detach_pte_table`], with the MMU's names for its refusals.
     fn detach_locked<'m>(
         &self,
         pmd: &PmdRef<'m, '_, Mmu, InTable>,
         va: u64,
         recheck: impl FnOnce(&Self, &PteLocked<'_, Mmu, Attached>) -> bool,
     ) -> Result<DetachedPmd<'m, Mmu, Retired>, Error> {
-        let pml = pmd_lock(pmd);
-        match pml.pmdp_get().kind() {
-            PmdKind::Table(_) => {}
-            PmdKind::Huge(_) => return Err(Error::HugeInTheWay { addr: va }),
-            _ => return Err(Error::NotMapped { addr: va }),
-        }
-        let ptl = pte_offset_map_lock(pmd, va).map_err(|_| Error::NotMapped { addr: va })?;
-        if !recheck(self, &ptl) {
-            return Err(Error::PmdChanged);
-        }
-        pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error)
+        detach_pte_table(pmd, va, |ptl| recheck(self, ptl)).map_err(|e| match e {
+            Error::NoTable(NoMap::Huge) => Error::HugeInTheWay { addr: va },
+            Error::NoTable(_) => Error::NotMapped { addr: va },
+            e => e,
+        })
     }
 
     /// khugepaged's `retract_page_tables` for the 2 MiB range at `va`: for each file VMA linked

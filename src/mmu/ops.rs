@@ -5,7 +5,7 @@ use super::frames::ENTRIES;
 use super::{Mmu, PAGE_SIZE, PMD_SIZE};
 use crate::error::Error;
 use crate::provenance::{
-    CopiedUnderRcu, PgtableBackend, PmdRef, Unprotected, pmd_lock, pte_offset_map,
+    CopiedUnderRcu, LocklessWalk, PmdRef, Unprotected, pmd_lock, pte_offset_map,
 };
 use crate::rcu::{EpochRcu, RcuGuard};
 use core::panic::Location;
@@ -86,13 +86,7 @@ impl Mmu {
             return Err(Error::WrongMmu);
         }
         self.check_va(va, 1)?;
-        Ok(self.pmd_slot(va).map(|slot| {
-            let value = self.pmdp_get_lockless(slot);
-            // SAFETY: `guard` is an open section of this MMU's domain (checked above), opened
-            // before this read, and lives for 'g; the slot's table is never freed while the
-            // MMU lives.
-            unsafe { PmdRef::from_copy(self, slot, value) }
-        }))
+        LocklessWalk::pmd_copy_lockless(self, guard, va)
     }
 
     /// Reads the pmd for `va` and keeps the value with **no** proof, the way buggy code keeps
@@ -236,5 +230,18 @@ impl Mmu {
                 }
             }
         }
+    }
+}
+
+// SAFETY: the slots come from `Mmu::pmd_slot`: slots of this MMU's PMD tables, which are never
+// freed while the MMU lives (and so outlive every read section of its domain).
+unsafe impl LocklessWalk for Mmu {
+    fn pmd_slot_lockless<'g>(
+        &'g self,
+        _guard: &'g RcuGuard<'_, EpochRcu>,
+        addr: u64,
+    ) -> Option<&'g super::PmdSlot> {
+        self.check_va(addr, 1).ok()?;
+        self.pmd_slot(addr)
     }
 }

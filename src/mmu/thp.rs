@@ -4,10 +4,11 @@
 
 use super::entry::{HUGE, PRESENT, PmdKind, Pte, huge_entry};
 use super::frames::{ENTRIES, FrameKind};
-use super::stability::MmapReadGuard;
+use super::locks::MmapReadGuard;
 use super::vma::VmaKind;
-use super::{Mmu, PAGE_SIZE, PMD_SIZE};
+use super::{Mmu, PMD_SIZE};
 use crate::error::Error;
+use crate::ops::fill_pte_table;
 use crate::provenance::{DetachedPmd, InTable, PmdLockGuard, PmdRef, pmd_lock};
 use core::panic::Location;
 use std::sync::atomic::Ordering;
@@ -245,21 +246,9 @@ impl Mmu {
         };
         // Fill: each PTE takes a reference to the folio (the pmd held one, dropped below), so
         // pins taken through the huge pmd stay valid and the folio stays whole.
-        let filled = {
-            let map = table.pte_offset_map_mut(haddr);
-            let mut filled = Ok(());
-            for (i, pte) in fill.into_iter().enumerate() {
-                filled = map.set_pte_index(i, pte);
-                if filled.is_err() {
-                    // Cannot happen (the pages are the folio's, the zero page exists): undo.
-                    for j in 0..i {
-                        map.ptep_get_and_clear(haddr + j as u64 * PAGE_SIZE);
-                    }
-                    break;
-                }
-            }
-            filled
-        };
+        // A refusal cannot happen (the pages are the folio's, the zero page exists); if it
+        // did, the generic fill undoes what it wrote.
+        let filled = fill_pte_table(&mut table, haddr, fill);
         if let Err(e) = filled {
             pmd.slot().0.store(old.raw(), Ordering::Release);
             if let Err(r) = table.pgtable_trans_huge_deposit(&pml) {

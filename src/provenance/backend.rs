@@ -1,6 +1,7 @@
 //! The backend trait: what the provenance layer needs from a page-table implementation.
 
-use crate::error::{Error, NoMap};
+use super::error::PgtableError;
+use crate::error::NoMap;
 use crate::rcu::RcuDomain;
 use core::fmt::Debug;
 
@@ -46,6 +47,33 @@ impl MapKind {
 /// caller holds a protection proof. The provenance layer calls them only with such a proof; a
 /// backend may assume it.
 ///
+/// # Methods
+///
+/// 17 required, 7 with a default. "Promise" names the item of the safety contract below
+/// that the method carries, or what a caller may rely on.
+///
+/// | method | required | what it must do |
+/// |---|---|---|
+/// | [`rcu`](Self::rcu) | yes | the domain whose grace periods protect PTE tables (1) |
+/// | [`pmdp_get_lockless`](Self::pmdp_get_lockless) | yes | one atomic read of a slot, Acquire (3) |
+/// | [`pmd_same`](Self::pmd_same) | default `==` | compare the entries alone (2: the recheck) |
+/// | [`pmd_table`](Self::pmd_table) | yes | a table only for a value that names one of this backend's PTE tables, else the nomap reason (4) |
+/// | [`pmd_of_table`](Self::pmd_of_table) | yes | the value [`pmd_populate`](Self::pmd_populate) would store for the table |
+/// | [`pte_index`](Self::pte_index), [`ptrs_per_pte`](Self::ptrs_per_pte) | default 4 KiB granule, 512 | the entry of an address; a power of two |
+/// | [`pte_map`](Self::pte_map) | default no-op | a hook before a map's first access |
+/// | [`ptep_get`](Self::ptep_get) | yes | one atomic read of a PTE |
+/// | [`set_pte`](Self::set_pte) | yes | one atomic write, or a refusal that writes nothing |
+/// | [`ptep_get_and_clear`](Self::ptep_get_and_clear) | yes | one atomic exchange with the none entry |
+/// | [`pte_lock`](Self::pte_lock), [`pte_unlock`](Self::pte_unlock) | yes | the table's split lock, valid as long as the table (1) |
+/// | [`pmd_lock`](Self::pmd_lock), [`pmd_trylock`](Self::pmd_trylock), [`pmd_unlock`](Self::pmd_unlock) | yes | the lock of the slot's PMD table; the trylock never waits |
+/// | [`same_pmd_lock`](Self::same_pmd_lock) | default: the same slot only | never say yes for two different locks |
+/// | [`pmd_populate`](Self::pmd_populate) | yes | a Release store of the table's value, after every write to it (3) |
+/// | [`pmdp_collapse_flush`](Self::pmdp_collapse_flush) | yes | clear the slot and flush the TLB; the only clear of a table slot besides exclusivity (2) |
+/// | [`pgtable_trans_huge_deposit`](Self::pgtable_trans_huge_deposit), [`pgtable_trans_huge_withdraw`](Self::pgtable_trans_huge_withdraw) | default: no deposits | park a table on a huge pmd, at most one per slot |
+/// | [`pte_alloc_one`](Self::pte_alloc_one) | yes | a zeroed, unpublished table with its lock |
+/// | [`pte_free`](Self::pte_free) | yes | free at once (the caller proved no walker can reach it) |
+/// | [`pte_free_defer`](Self::pte_free_defer) | yes | free after a grace period of [`rcu`](Self::rcu), lock included (1) |
+///
 /// # Safety
 ///
 /// Implementors promise:
@@ -64,10 +92,13 @@ impl MapKind {
 pub unsafe trait PgtableBackend: Sync {
     /// The RCU domain that protects this backend's PTE tables.
     type Rcu: RcuDomain;
+    /// The backend's error type: [`PgtableError`] itself, or a richer one that converts from
+    /// it (the in-memory MMU's [`Error`](crate::Error)). Every provenance call returns it.
+    type Error: From<PgtableError> + Debug;
     /// A pmd slot inside a PMD table.
     type PmdSlot: Sync;
     /// A pmd value read from a slot (`pmd_t`), with whatever the backend needs to know of it.
-    type PmdSnapshot: Copy + Debug;
+    type PmdSnapshot: Copy + Debug + PartialEq;
     /// A handle naming one PTE table.
     type Table: Copy + Debug;
     /// A PTE value (`pte_t`).
@@ -79,8 +110,12 @@ pub unsafe trait PgtableBackend: Sync {
     /// Reads a slot once (`pmdp_get_lockless`).
     fn pmdp_get_lockless(&self, slot: &Self::PmdSlot) -> Self::PmdSnapshot;
 
-    /// Compares two pmd values (`pmd_same`): raw bits only.
-    fn pmd_same(&self, a: &Self::PmdSnapshot, b: &Self::PmdSnapshot) -> bool;
+    /// Compares two pmd values (`pmd_same`): raw bits only. The default is `==`; a backend
+    /// whose snapshot carries more than the entry (the in-memory MMU's carries a generation
+    /// for its audit) compares the entry alone.
+    fn pmd_same(&self, a: &Self::PmdSnapshot, b: &Self::PmdSnapshot) -> bool {
+        a == b
+    }
 
     /// Classifies a pmd value: the PTE table it names, or why it names none.
     fn pmd_table(&self, pmd: &Self::PmdSnapshot) -> Result<Self::Table, NoMap>;
@@ -88,18 +123,27 @@ pub unsafe trait PgtableBackend: Sync {
     /// The pmd value that names `table` (`pmd_populate` on a local copy).
     fn pmd_of_table(&self, table: &Self::Table) -> Self::PmdSnapshot;
 
-    /// Index of the PTE for `addr` inside its table (`pte_index`).
-    fn pte_index(&self, addr: u64) -> usize;
+    /// Index of the PTE for `addr` inside its table (`pte_index`). The default is the 4 KiB
+    /// granule's: bits 12 and up, modulo [`ptrs_per_pte`](Self::ptrs_per_pte) (a power of two).
+    fn pte_index(&self, addr: u64) -> usize {
+        ((addr >> 12) as usize) & (self.ptrs_per_pte() - 1)
+    }
 
-    /// Number of PTEs in a table (`PTRS_PER_PTE`).
-    fn ptrs_per_pte(&self) -> usize;
+    /// Number of PTEs in a table (`PTRS_PER_PTE`), a power of two. The default is 512 (4 KiB
+    /// tables of 8-byte entries: x86-64, arm64 with a 4 KiB granule).
+    fn ptrs_per_pte(&self) -> usize {
+        512
+    }
 
-    /// Called once when a table is mapped (`__pte_map`), before any access through the map.
+    /// Called once when a table is mapped (`__pte_map`), before any access through the map: a
+    /// hook for a kmap or an audit. The default does nothing.
     ///
     /// # Safety
     /// `table` is protected (see the trait docs) for as long as the map lives, unless `kind` is
     /// [`MapKind::Unprotected`].
-    unsafe fn pte_map(&self, table: &Self::Table, kind: MapKind);
+    unsafe fn pte_map(&self, table: &Self::Table, kind: MapKind) {
+        let _ = (table, kind);
+    }
 
     /// Reads one PTE (`ptep_get`).
     ///
@@ -123,7 +167,7 @@ pub unsafe trait PgtableBackend: Sync {
         index: usize,
         pte: Self::Pte,
         kind: MapKind,
-    ) -> Result<(), Error>;
+    ) -> Result<(), Self::Error>;
 
     /// Clears one PTE and returns the old value (`ptep_get_and_clear`).
     ///
@@ -160,11 +204,15 @@ pub unsafe trait PgtableBackend: Sync {
     /// As [`pmd_lock`](Self::pmd_lock).
     unsafe fn pmd_trylock(&self, slot: &Self::PmdSlot) -> bool;
 
-    /// Whether the PMD lock of `a` is also the lock of `b` (both slots in one PMD table).
+    /// Whether the PMD lock of `a` is also the lock of `b` (both slots in one PMD table). The
+    /// default, the same slot only, is always true when it says yes; a backend with one lock
+    /// per PMD table says so for every pair of slots in a table.
     ///
     /// # Safety
     /// Both are this backend's slots.
-    unsafe fn same_pmd_lock(&self, a: &Self::PmdSlot, b: &Self::PmdSlot) -> bool;
+    unsafe fn same_pmd_lock(&self, a: &Self::PmdSlot, b: &Self::PmdSlot) -> bool {
+        core::ptr::eq(a, b)
+    }
 
     /// Releases the PMD lock of `slot`.
     ///
@@ -189,19 +237,30 @@ pub unsafe trait PgtableBackend: Sync {
     /// Parks a table on the slot (`pgtable_trans_huge_deposit`), which holds a huge entry.
     /// Returns `false`, and keeps nothing, if a table is already deposited there.
     ///
+    /// The default, for a backend without huge pmds, keeps nothing.
+    ///
     /// # Safety
     /// The caller holds the slot's PMD lock and owns `table`, which no walker can reach; on
     /// `true` the ownership passes to the slot.
-    unsafe fn pgtable_trans_huge_deposit(&self, slot: &Self::PmdSlot, table: &Self::Table) -> bool;
+    unsafe fn pgtable_trans_huge_deposit(&self, slot: &Self::PmdSlot, table: &Self::Table) -> bool {
+        let _ = (slot, table);
+        false
+    }
 
-    /// Takes a parked table back (`pgtable_trans_huge_withdraw`).
+    /// Takes a parked table back (`pgtable_trans_huge_withdraw`). The default has none.
     ///
     /// # Safety
     /// The caller holds the slot's PMD lock.
-    unsafe fn pgtable_trans_huge_withdraw(&self, slot: &Self::PmdSlot) -> Option<Self::Table>;
+    unsafe fn pgtable_trans_huge_withdraw(&self, slot: &Self::PmdSlot) -> Option<Self::Table> {
+        let _ = slot;
+        None
+    }
 
     /// Allocates a zeroed, unpublished PTE table with an initialised lock (`pte_alloc_one`).
-    fn pte_alloc_one(&self) -> Result<Self::Table, Error>;
+    ///
+    /// # Errors
+    /// The backend's allocation failure ([`PgtableError::OutOfMemory`] or its own).
+    fn pte_alloc_one(&self) -> Result<Self::Table, Self::Error>;
 
     /// Frees a table at once (`pte_free`).
     ///

@@ -1,12 +1,13 @@
 //! Detached PTE tables: linear values that must be populated, deposited or freed.
 
 use super::backend::{MapKind, PgtableBackend};
+use super::error::PgtableError;
 use super::lock::PteLocked;
 use super::map::PteMap;
 use super::marker::{Attached, DetachState, Detached, Fresh, InTable, Retired};
 use super::pmd::{PmdLockGuard, PmdRef};
 use super::walk::InstallLock;
-use crate::error::{Error, NoMap, Rejected};
+use crate::error::{NoMap, Rejected};
 use crate::rcu::RcuDomain;
 use core::fmt;
 use core::marker::PhantomData;
@@ -132,14 +133,14 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
     /// covering the slot; the rmap lock alone does not compile), `pml` the slot's PMD lock.
     ///
     /// # Errors
-    /// Hands the table back with [`Error::SlotOccupied`] if the slot is not empty,
-    /// [`Error::WrongMmu`] if the lock belongs to another backend, or
-    /// [`Error::SlotNotCovered`] if `mm` does not cover the slot.
+    /// Hands the table back with [`PgtableError::SlotOccupied`] if the slot is not empty,
+    /// [`PgtableError::WrongBackend`] if the lock belongs to another backend, or
+    /// [`PgtableError::SlotNotCovered`] if `mm` does not cover the slot.
     pub fn pmd_populate<L: InstallLock<B>>(
         self,
         mm: &L,
         pml: &PmdLockGuard<'_, '_, B>,
-    ) -> Result<(), Rejected<Self>> {
+    ) -> Result<(), Rejected<Self, B::Error>> {
         let this = self.same_backend(pml.backend())?;
         if let Err(error) = mm.allows_install(this.backend, pml.pmd().slot()) {
             return Err(Rejected { error, value: this });
@@ -147,13 +148,13 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
         this.populate_locked(&pml.pmd())
     }
 
-    /// `self`, or `self` handed back with [`Error::WrongMmu`] if `other` is another backend.
-    fn same_backend(self, other: &B) -> Result<Self, Rejected<Self>> {
+    /// `self`, or `self` handed back with [`PgtableError::WrongBackend`] if `other` is another backend.
+    fn same_backend(self, other: &B) -> Result<Self, Rejected<Self, B::Error>> {
         if core::ptr::eq(self.backend, other) {
             Ok(self)
         } else {
             Err(Rejected {
-                error: Error::WrongMmu,
+                error: PgtableError::WrongBackend.into(),
                 value: self,
             })
         }
@@ -161,10 +162,13 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
 
     /// The end of every populate: the slot's PMD lock is held (by the caller's guard, of the
     /// same backend). Checks the slot is none, then installs.
-    fn populate_locked(self, pmd: &PmdRef<'_, '_, B, InTable>) -> Result<(), Rejected<Self>> {
+    fn populate_locked(
+        self,
+        pmd: &PmdRef<'_, '_, B, InTable>,
+    ) -> Result<(), Rejected<Self, B::Error>> {
         if !matches!(self.backend.pmd_table(&pmd.pmd_val()), Err(NoMap::None)) {
             return Err(Rejected {
-                error: Error::SlotOccupied,
+                error: PgtableError::SlotOccupied.into(),
                 value: self,
             });
         }
@@ -184,7 +188,7 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
     pub(crate) fn pmd_populate_split(
         self,
         pml: &PmdLockGuard<'_, '_, B>,
-    ) -> Result<(), Rejected<Self>> {
+    ) -> Result<(), Rejected<Self, B::Error>> {
         let this = self.same_backend(pml.backend())?;
         this.populate_locked(&pml.pmd())
     }
@@ -194,27 +198,27 @@ impl<'m, B: PgtableBackend, S: DetachState> DetachedPmd<'m, B, S> {
     /// `mm` allows installing there, as for [`pmd_populate`](Self::pmd_populate).
     ///
     /// # Errors
-    /// Hands the table back with [`Error::WrongMmu`] if the locks or `pmd` belong to another
-    /// backend, [`Error::SlotNotCovered`] if `pml` does not hold `pmd`'s lock or `mm` does not
-    /// cover the slot, or [`Error::SlotOccupied`] if the slot is not empty.
+    /// Hands the table back with [`PgtableError::WrongBackend`] if the locks or `pmd` belong to another
+    /// backend, [`PgtableError::SlotNotCovered`] if `pml` does not hold `pmd`'s lock or `mm` does not
+    /// cover the slot, or [`PgtableError::SlotOccupied`] if the slot is not empty.
     pub fn pmd_populate_at<L: InstallLock<B>>(
         self,
         mm: &L,
         pml: &PmdLockGuard<'_, '_, B>,
         pmd: &PmdRef<'_, '_, B, InTable>,
-    ) -> Result<(), Rejected<Self>> {
+    ) -> Result<(), Rejected<Self, B::Error>> {
         if !core::ptr::eq(self.backend, pml.backend())
             || !core::ptr::eq(self.backend, pmd.backend())
         {
             return Err(Rejected {
-                error: Error::WrongMmu,
+                error: PgtableError::WrongBackend.into(),
                 value: self,
             });
         }
         // SAFETY: both slots are the backend's (`InTable` invariant; backends compared above).
         if !unsafe { self.backend.same_pmd_lock(pml.pmd().slot(), pmd.slot()) } {
             return Err(Rejected {
-                error: Error::SlotNotCovered,
+                error: PgtableError::SlotNotCovered.into(),
                 value: self,
             });
         }
@@ -277,30 +281,38 @@ pub unsafe trait ExclusiveAccess<'m, B: PgtableBackend> {
     /// borrowed.
     ///
     /// # Errors
-    /// Why the proof does not cover `addr`, e.g. [`Error::OutsideVma`].
-    fn covered_slot(&self, addr: u64) -> Result<Option<&B::PmdSlot>, Error>;
+    /// Why the proof does not cover `addr` (the in-memory MMU:
+    /// [`Error::OutsideVma`](crate::Error::OutsideVma)).
+    fn covered_slot(&self, addr: u64) -> Result<Option<&B::PmdSlot>, B::Error>;
 }
+
+/// A PTE lock handed back by a refused [`pmdp_collapse_flush`], with the backend's error.
+type LockHandedBack<'t, B> = Rejected<PteLocked<'t, B, Attached>, <B as PgtableBackend>::Error>;
 
 /// Clears the slot for `addr` without the PTE lock under exclusive access (`pmd_clear` in
 /// `free_pte_range`), and takes the table. Lockless walkers may still be inside it, so it is
 /// [`Retired`]: free it with `pte_free_defer` (`tlb_remove_table`).
 ///
 /// # Errors
-/// The proof's error if it does not cover `addr`; [`Error::NotMapped`] if the upper levels do
-/// not exist; [`Error::NoTable`] if the slot names no PTE table.
+/// The proof's error if it does not cover `addr`; [`PgtableError::NoSlot`] if the upper levels
+/// do not exist; [`PgtableError::NoTable`] if the slot names no PTE table.
 pub fn pmd_clear_exclusive<'m, B: PgtableBackend, E: ExclusiveAccess<'m, B>>(
     excl: &mut E,
     addr: u64,
-) -> Result<DetachedPmd<'m, B, Retired>, Error> {
+) -> Result<DetachedPmd<'m, B, Retired>, B::Error> {
     let backend = excl.backend();
-    let slot = excl.covered_slot(addr)?.ok_or(Error::NotMapped { addr })?;
-    backend.pmd_table(&backend.pmdp_get_lockless(slot))?;
+    let slot = excl
+        .covered_slot(addr)?
+        .ok_or(PgtableError::NoSlot { addr })?;
+    backend
+        .pmd_table(&backend.pmdp_get_lockless(slot))
+        .map_err(PgtableError::NoTable)?;
     // SAFETY: `excl` proves exclusive access to the slot, and no reference of the holder's
     // own into it is alive (we hold `excl` mutably): nobody else changes the slot, so it still
     // names the table classified just above.
     let old = unsafe { backend.pmdp_collapse_flush(slot) };
     // Only a backend that breaks its contract (item 4) classifies the value differently now.
-    let table = backend.pmd_table(&old)?;
+    let table = backend.pmd_table(&old).map_err(PgtableError::NoTable)?;
     // INVARIANT: the slot no longer names the table, and only we took it out.
     Ok(DetachedPmd {
         backend,
@@ -314,8 +326,8 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
     /// Allocates a zeroed, unpublished table (`pte_alloc_one`).
     ///
     /// # Errors
-    /// [`Error::OutOfFrames`] when the backend has no memory.
-    pub fn pte_alloc_one(backend: &'m B) -> Result<Self, Error> {
+    /// [`PgtableError::OutOfMemory`] when the backend has no memory.
+    pub fn pte_alloc_one(backend: &'m B) -> Result<Self, B::Error> {
         let table = backend.pte_alloc_one()?;
         // INVARIANT: a new table is owned and unreachable.
         Ok(DetachedPmd::from_table(backend, table))
@@ -333,26 +345,26 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
     /// with no deposit yet (`pgtable_trans_huge_deposit`): the table a later split fills.
     ///
     /// # Errors
-    /// Hands the table back with [`Error::WrongMmu`] if the lock belongs to another backend,
-    /// [`Error::TableInTheWay`] if the slot names a PTE table (the deposit would be stranded),
-    /// [`Error::NotMapped`] if it holds no huge entry, or [`Error::SlotOccupied`] if a table
+    /// Hands the table back with [`PgtableError::WrongBackend`] if the lock belongs to another backend,
+    /// [`PgtableError::TableInTheWay`] if the slot names a PTE table (the deposit would be stranded),
+    /// [`PgtableError::NotHuge`] if it holds no huge entry, or [`PgtableError::SlotOccupied`] if a table
     /// is already deposited there.
     pub fn pgtable_trans_huge_deposit(
         self,
         pml: &PmdLockGuard<'_, '_, B>,
-    ) -> Result<(), Rejected<Self>> {
+    ) -> Result<(), Rejected<Self, B::Error>> {
         let this = self.same_backend(pml.backend())?;
         match this.backend.pmd_table(&pml.pmdp_get()) {
             Err(NoMap::Huge | NoMap::Migration) => {}
             Ok(_) => {
                 return Err(Rejected {
-                    error: Error::TableInTheWay { addr: 0 },
+                    error: PgtableError::TableInTheWay.into(),
                     value: this,
                 });
             }
             Err(_) => {
                 return Err(Rejected {
-                    error: Error::NotMapped { addr: 0 },
+                    error: PgtableError::NotHuge.into(),
                     value: this,
                 });
             }
@@ -361,7 +373,7 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
         // SAFETY: `pml` holds the slot's PMD lock; the table is owned and unreachable (`Fresh`).
         if unsafe { !this.backend.pgtable_trans_huge_deposit(slot, &this.table) } {
             return Err(Rejected {
-                error: Error::SlotOccupied,
+                error: PgtableError::SlotOccupied.into(),
                 value: this,
             });
         }
@@ -389,23 +401,23 @@ impl<'m, B: PgtableBackend> DetachedPmd<'m, B, Fresh> {
 /// return. Lockless walkers may still be inside the table, so the result is [`Retired`].
 ///
 /// # Errors
-/// Hands the lock back if it belongs to another backend ([`Error::WrongMmu`]) or maps another
-/// table than the one in the slot ([`Error::PmdChanged`]).
+/// Hands the lock back if it belongs to another backend ([`PgtableError::WrongBackend`]) or maps another
+/// table than the one in the slot ([`PgtableError::PmdChanged`]).
 ///
 pub fn pmdp_collapse_flush<'m, 't, B: PgtableBackend>(
     pml: &PmdLockGuard<'m, '_, B>,
     ptl: PteLocked<'t, B, Attached>,
-) -> Result<DetachedPmd<'m, B, Retired>, Rejected<PteLocked<'t, B, Attached>>> {
+) -> Result<DetachedPmd<'m, B, Retired>, LockHandedBack<'t, B>> {
     let backend = pml.backend();
     if !core::ptr::eq(backend, ptl.backend()) {
         return Err(Rejected {
-            error: Error::WrongMmu,
+            error: PgtableError::WrongBackend.into(),
             value: ptl,
         });
     }
     if !backend.pmd_same(&pml.pmdp_get(), &ptl.pmdval()) {
         return Err(Rejected {
-            error: Error::PmdChanged,
+            error: PgtableError::PmdChanged.into(),
             value: ptl,
         });
     }
@@ -454,7 +466,7 @@ impl<B: PgtableBackend> PteMapMut<'_, B> {
     ///
     /// # Errors
     /// The backend's refusal of `pte`; nothing is written then.
-    pub fn set_pte(&self, addr: u64, pte: B::Pte) -> Result<(), Error> {
+    pub fn set_pte(&self, addr: u64, pte: B::Pte) -> Result<(), B::Error> {
         self.map.set_index(self.map.backend.pte_index(addr), pte)
     }
 
@@ -462,13 +474,18 @@ impl<B: PgtableBackend> PteMapMut<'_, B> {
     ///
     /// # Errors
     /// As [`set_pte`](Self::set_pte).
-    pub fn set_pte_index(&self, index: usize, pte: B::Pte) -> Result<(), Error> {
+    pub fn set_pte_index(&self, index: usize, pte: B::Pte) -> Result<(), B::Error> {
         self.map.set_index(index, pte)
     }
 
     /// Clears the PTE for `addr` and returns the old value.
     pub fn ptep_get_and_clear(&self, addr: u64) -> B::Pte {
         self.map.clear_index(self.map.backend.pte_index(addr))
+    }
+
+    /// Clears the PTE at `index` (modulo the table size) and returns the old value.
+    pub fn ptep_get_and_clear_index(&self, index: usize) -> B::Pte {
+        self.map.clear_index(index)
     }
 }
 

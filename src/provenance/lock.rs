@@ -2,10 +2,11 @@
 //! `pte_offset_map_rw_nolock`, and the access states they return.
 
 use super::backend::{MapKind, PgtableBackend};
+use super::error::PgtableError;
 use super::map::PteMap;
 use super::marker::{Access, Attached, CanWrite, InTable, ProvesProtection, ReadOnly, Unverified};
 use super::pmd::PmdRef;
-use crate::error::{Error, NoMap, Rejected};
+use crate::error::{NoMap, Rejected};
 use core::fmt;
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
@@ -60,9 +61,9 @@ impl<'a, B: PgtableBackend, A: Access> PteLocked<'a, B, A> {
     /// Writes the PTE for `addr` (`set_pte_at`). Only in a writing state.
     ///
     /// # Errors
-    /// The backend's refusal of `pte` (the in-memory MMU: [`Error::NotADataPage`]); nothing
+    /// The backend's refusal of `pte` (the in-memory MMU: [`Error::NotADataPage`](crate::Error::NotADataPage)); nothing
     /// is written then.
-    pub fn set_pte(&self, addr: u64, pte: B::Pte) -> Result<(), Error>
+    pub fn set_pte(&self, addr: u64, pte: B::Pte) -> Result<(), B::Error>
     where
         A: CanWrite,
     {
@@ -82,7 +83,7 @@ impl<'a, B: PgtableBackend, A: Access> PteLocked<'a, B, A> {
     ///
     /// # Errors
     /// As [`set_pte`](Self::set_pte).
-    pub fn set_pte_index(&self, index: usize, pte: B::Pte) -> Result<(), Error>
+    pub fn set_pte_index(&self, index: usize, pte: B::Pte) -> Result<(), B::Error>
     where
         A: CanWrite,
     {
@@ -95,8 +96,8 @@ impl<'a, B: PgtableBackend> PteLocked<'a, B, Unverified> {
     /// lock) and returns the writable state.
     ///
     /// # Errors
-    /// Hands the lock back with [`Error::PmdChanged`] if the slot no longer holds the mapped
-    /// value (the table was removed or replaced; unlock and retry), or [`Error::WrongMmu`] if
+    /// Hands the lock back with [`PgtableError::PmdChanged`] if the slot no longer holds the mapped
+    /// value (the table was removed or replaced; unlock and retry), or [`PgtableError::WrongBackend`] if
     /// `pmd` belongs to another backend.
     ///
     /// The `Attached` lock lives no longer than `pmd`'s walk lock: attachment is proven only
@@ -104,13 +105,13 @@ impl<'a, B: PgtableBackend> PteLocked<'a, B, Unverified> {
     pub fn revalidate<'b>(
         self,
         pmd: &PmdRef<'_, 'b, B, InTable>,
-    ) -> Result<PteLocked<'b, B, Attached>, Rejected<Self>>
+    ) -> Result<PteLocked<'b, B, Attached>, Rejected<Self, B::Error>>
     where
         'a: 'b,
     {
         if !core::ptr::eq(self.map.backend, pmd.backend) {
             return Err(Rejected {
-                error: Error::WrongMmu,
+                error: PgtableError::WrongBackend.into(),
                 value: self,
             });
         }
@@ -120,7 +121,7 @@ impl<'a, B: PgtableBackend> PteLocked<'a, B, Unverified> {
             Ok(self.into_state())
         } else {
             Err(Rejected {
-                error: Error::PmdChanged,
+                error: PgtableError::PmdChanged.into(),
                 value: self,
             })
         }

@@ -3,7 +3,7 @@
 use super::backend::{MapKind, PgtableBackend};
 use super::marker::{Provenance, ProvesProtection, Unprotected};
 use super::pmd::PmdRef;
-use crate::error::{Error, NoMap};
+use crate::error::NoMap;
 use crate::rcu::{RcuDomain, RcuGuard};
 use core::fmt;
 
@@ -127,7 +127,7 @@ impl<'a, B: PgtableBackend> PteMap<'a, B> {
         self.backend
     }
 
-    pub(crate) fn set_index(&self, index: usize, pte: B::Pte) -> Result<(), Error> {
+    pub(crate) fn set_index(&self, index: usize, pte: B::Pte) -> Result<(), B::Error> {
         let index = index % self.backend.ptrs_per_pte();
         // SAFETY: only called by write-capable states (`PteLocked<CanWrite>`, `PteMapMut`),
         // which hold the PTE lock with the table proven installed, or own the table.

@@ -49,6 +49,7 @@
 
 mod backend;
 mod detached;
+mod error;
 mod lock;
 mod map;
 mod marker;
@@ -59,6 +60,7 @@ pub use backend::{MapKind, PgtableBackend};
 pub use detached::{
     DetachedPmd, ExclusiveAccess, PteMapMut, pmd_clear_exclusive, pmdp_collapse_flush,
 };
+pub use error::PgtableError;
 pub use lock::{
     PteLocked, PteRoNolock, PteRwNolock, pte_offset_map_lock, pte_offset_map_ro_nolock,
     pte_offset_map_rw_nolock, pte_unmap_unlock,
@@ -71,7 +73,7 @@ pub use marker::{
     Provenance, ProvesProtection, ReadOnly, Retired, Unprotected, Unverified,
 };
 pub use pmd::{PmdLockGuard, PmdRef, pmd_lock, pmd_trylock, pmdp_get_lockless};
-pub use walk::InstallLock;
+pub use walk::{InstallLock, LocklessWalk, WalkLock};
 
 static_assertions::assert_eq_size!(InTable, ());
 static_assertions::assert_eq_size!(Detached, ());

@@ -1,9 +1,9 @@
 //! Pmd references tagged with their provenance, the lockless copy, and the PMD lock.
 
 use super::backend::PgtableBackend;
+use super::error::PgtableError;
 use super::marker::{CopiedSource, CopiedUnderRcu, InTable, Provenance, Unprotected};
 use crate::bound::SpinBound;
-use crate::error::Error;
 use crate::rcu::RcuGuard;
 use core::fmt;
 use core::marker::PhantomData;
@@ -135,7 +135,8 @@ impl<B: PgtableBackend, P: Provenance> fmt::Debug for PmdRef<'_, '_, B, P> {
 /// The result borrows the guard: it cannot be mapped after the section ends.
 ///
 /// # Errors
-/// [`Error::WrongMmu`] if `guard` belongs to another RCU domain than the pmd's backend.
+/// [`PgtableError::WrongBackend`] (the in-memory MMU: [`Error::WrongMmu`](crate::Error::WrongMmu))
+/// if `guard` belongs to another RCU domain than the pmd's backend.
 ///
 /// ```
 /// use typed_pgtable::mmu::{Mmu, MmuConfig};
@@ -155,9 +156,9 @@ impl<B: PgtableBackend, P: Provenance> fmt::Debug for PmdRef<'_, '_, B, P> {
 pub fn pmdp_get_lockless<'m, 'a: 'g, 'g, B: PgtableBackend>(
     pmd: &PmdRef<'m, 'a, B, InTable>,
     guard: &'g RcuGuard<'_, B::Rcu>,
-) -> Result<PmdRef<'m, 'g, B, CopiedUnderRcu<'g>>, Error> {
+) -> Result<PmdRef<'m, 'g, B, CopiedUnderRcu<'g>>, B::Error> {
     if !core::ptr::eq(guard.domain(), pmd.backend.rcu()) {
-        return Err(Error::WrongMmu);
+        return Err(PgtableError::WrongBackend.into());
     }
     let value = pmd.backend.pmdp_get_lockless(pmd.src);
     // SAFETY: `guard` is an open read section of the backend's own domain (checked above) that
