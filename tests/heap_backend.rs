@@ -7,16 +7,17 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
+use typed_pgtable::NoMap;
 use typed_pgtable::heap::desc::{
     Prot, Pte, pfn_pte, pte_mkold, pte_mkyoung, pte_none, pte_pfn, pte_valid, pte_young,
 };
 use typed_pgtable::heap::{HEAP_SPAN, HeapPgtable, HeapPmd};
+use typed_pgtable::provenance::PgtableError;
 use typed_pgtable::provenance::{
     DetachedPmd, PgtableBackend, pmd_clear_exclusive, pmd_lock, pmd_trylock, pmdp_collapse_flush,
     pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
 };
 use typed_pgtable::rcu::RcuDomain;
-use typed_pgtable::{Error, NoMap};
 
 const ADDR: u64 = 0x40_0000; // slot 2
 const ITERS: usize = if cfg!(miri) { 150 } else { 2000 };
@@ -181,7 +182,11 @@ fn split_a_block_into_its_deposited_table() {
             .unwrap();
         let again = DetachedPmd::pte_alloc_one(&heap).unwrap();
         let refused = again.pgtable_trans_huge_deposit(&pml).unwrap_err();
-        assert_eq!(refused.error, Error::SlotOccupied, "one deposit per slot");
+        assert_eq!(
+            refused.error,
+            PgtableError::SlotOccupied,
+            "one deposit per slot"
+        );
         refused.value.pte_free();
     }
     assert_eq!(pte_offset_map(&pmd, ADDR).err(), Some(NoMap::Huge));
@@ -202,7 +207,7 @@ fn split_a_block_into_its_deposited_table() {
         table.pmd_populate(&mm, &pml).map_err(|r| r.error).unwrap();
         assert_eq!(
             heap.pmdp_huge_get_and_clear(&pml),
-            Err(Error::TableInTheWay { addr: 0 })
+            Err(PgtableError::TableInTheWay)
         );
     }
     let map = pte_offset_map(&pmd, ADDR + 0x7000).unwrap();
@@ -228,14 +233,11 @@ fn exclusive_clear_defers_the_free() {
         let detached = pmd_clear_exclusive(&mut excl, ADDR).unwrap();
         assert_eq!(
             pmd_clear_exclusive(&mut excl, ADDR).err(),
-            Some(Error::NoTable(NoMap::None))
+            Some(PgtableError::NoTable(NoMap::None))
         );
         assert_eq!(
             pmd_clear_exclusive(&mut excl, HEAP_SPAN).err(),
-            Some(Error::OutOfRange {
-                addr: HEAP_SPAN,
-                limit: HEAP_SPAN
-            })
+            Some(PgtableError::NoSlot { addr: HEAP_SPAN })
         );
         detached.pte_free_defer();
     }
@@ -253,13 +255,13 @@ fn errors_and_identity() {
     let foreign = other.rcu().read_lock();
     assert_eq!(
         heap.pmd_copy_lockless(&foreign, 0).err(),
-        Some(Error::WrongMmu)
+        Some(PgtableError::WrongBackend)
     );
     let mm = heap.mmap_read_lock();
     let pmd = mm.pmd_offset(ADDR).unwrap();
     assert_eq!(
         pmdp_get_lockless(&pmd, &foreign).err(),
-        Some(Error::WrongMmu)
+        Some(PgtableError::WrongBackend)
     );
     drop(foreign);
 
@@ -267,38 +269,38 @@ fn errors_and_identity() {
     let other_mm = other.mmap_read_lock();
     let table = DetachedPmd::pte_alloc_one(&heap).unwrap();
     let refused = table.pmd_populate(&other_mm, &pmd_lock(&pmd)).unwrap_err();
-    assert_eq!(refused.error, Error::WrongMmu);
+    assert_eq!(refused.error, PgtableError::WrongBackend);
     let other_pmd = other_mm.pmd_offset(ADDR).unwrap();
     assert_eq!(
         heap.set_pmd_huge(&pmd_lock(&other_pmd), 0, Prot::USER),
-        Err(Error::WrongMmu)
+        Err(PgtableError::WrongBackend)
     );
 
     let pml = pmd_lock(&pmd);
     // A fresh table cannot be deposited where there is no block.
     let refused = refused.value.pgtable_trans_huge_deposit(&pml).unwrap_err();
-    assert_eq!(refused.error, Error::NotMapped { addr: 0 });
+    assert_eq!(refused.error, PgtableError::NotHuge);
     refused.value.pte_free();
     assert_eq!(
         heap.set_pmd_huge(&pml, 1, Prot::USER),
-        Err(Error::Misaligned {
+        Err(PgtableError::Misaligned {
             addr: 0x1000,
             align: 0x20_0000
         })
     );
     assert_eq!(
         heap.pmdp_huge_get_and_clear(&pml),
-        Err(Error::NotMapped { addr: 0 })
+        Err(PgtableError::NotHuge)
     );
     heap.set_pmd_huge(&pml, 0x200, Prot::USER).unwrap();
     assert_eq!(
         heap.set_pmd_huge(&pml, 0x200, Prot::USER),
-        Err(Error::SlotOccupied)
+        Err(PgtableError::SlotOccupied)
     );
     // A populate over a block is refused, and the table comes back.
     let table = DetachedPmd::pte_alloc_one(&heap).unwrap();
     let refused = table.pmd_populate(&mm, &pml).unwrap_err();
-    assert_eq!(refused.error, Error::SlotOccupied);
+    assert_eq!(refused.error, PgtableError::SlotOccupied);
     refused.value.pte_free();
     drop(pml);
     assert_eq!(heap.tables_live(), 0);

@@ -23,18 +23,20 @@
 //! There is one PMD table, so one PMD lock: `same_pmd_lock` is always true and `pmd_lock`
 //! ignores which slot it is asked for. There is no TLB, so `pmdp_collapse_flush` is the swap.
 
-use super::desc::{PTRS_PER_TABLE, Pte, pte_index};
+use super::desc::Pte;
 use super::table::{HeapPmd, PmdSlot, PteTableRef};
 use super::{HeapPgtable, Qsbr};
-use crate::error::{Error, NoMap};
-use crate::provenance::{ExclusiveAccess, InTable, InstallLock, MapKind, PgtableBackend, PmdRef};
+use crate::error::NoMap;
+use crate::provenance::{
+    ExclusiveAccess, InTable, InstallLock, LocklessWalk, MapKind, PgtableBackend, PgtableError,
+    PmdRef, WalkLock,
+};
 use crate::rcu::RcuDomain;
+use crate::rcu::RcuGuard;
 use alloc::boxed::Box;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::Ordering;
-
-const OUT_OF_MEMORY: Error = Error::OutOfFrames { needed: 1, free: 0 };
 
 impl HeapPgtable {
     /// Frees `t` now and counts it.
@@ -51,6 +53,7 @@ impl HeapPgtable {
 // SAFETY: contract items 1-4 as written out in the module docs.
 unsafe impl PgtableBackend for HeapPgtable {
     type Rcu = Qsbr;
+    type Error = PgtableError;
     type PmdSlot = PmdSlot;
     type PmdSnapshot = HeapPmd;
     type Table = PteTableRef;
@@ -71,18 +74,17 @@ unsafe impl PgtableBackend for HeapPgtable {
     fn pmd_of_table(&self, table: &PteTableRef) -> HeapPmd {
         HeapPmd::of_table(*table)
     }
-    fn pte_index(&self, addr: u64) -> usize {
-        pte_index(addr)
-    }
-    fn ptrs_per_pte(&self) -> usize {
-        PTRS_PER_TABLE
-    }
-    unsafe fn pte_map(&self, _: &PteTableRef, _: MapKind) {}
     unsafe fn ptep_get(&self, t: &PteTableRef, i: usize, _: MapKind) -> Pte {
         // SAFETY: the caller keeps the table protected; `i < PTRS_PER_TABLE`.
         Pte::from_bits(unsafe { t.entry(i) }.load(Ordering::Acquire))
     }
-    unsafe fn set_pte(&self, t: &PteTableRef, i: usize, pte: Pte, _: MapKind) -> Result<(), Error> {
+    unsafe fn set_pte(
+        &self,
+        t: &PteTableRef,
+        i: usize,
+        pte: Pte,
+        _: MapKind,
+    ) -> Result<(), PgtableError> {
         // SAFETY: as `ptep_get`; the caller holds the PTE lock or owns the table.
         unsafe { t.entry(i) }.store(pte.bits(), Ordering::Release);
         Ok(())
@@ -134,8 +136,8 @@ unsafe impl PgtableBackend for HeapPgtable {
         // SAFETY: a deposit link holds only a handle's pointer.
         Some(unsafe { PteTableRef::from_ptr(p) })
     }
-    fn pte_alloc_one(&self) -> Result<PteTableRef, Error> {
-        let t = PteTableRef::alloc().ok_or(OUT_OF_MEMORY)?;
+    fn pte_alloc_one(&self) -> Result<PteTableRef, PgtableError> {
+        let t = PteTableRef::alloc().ok_or(PgtableError::OutOfMemory)?;
         self.stats.allocated.fetch_add(1, Ordering::Release);
         Ok(t)
     }
@@ -174,12 +176,24 @@ impl<'h> HeapMm<'h> {
         }
     }
 
-    /// The `InTable` slot for `addr` (`pmd_offset`), or `None` outside the span.
+    /// The `InTable` slot for `addr` (`pmd_offset`, the provided walk of [`WalkLock`]), or
+    /// `None` outside the span.
     pub fn pmd_offset(&self, addr: u64) -> Option<PmdRef<'h, '_, HeapPgtable, InTable>> {
-        let slot = self.heap.pmd_slot(addr)?;
-        // SAFETY: the slot is in the root table, which stays attached and alive as long as the
-        // backend, and so for this borrow of the lock.
-        Some(unsafe { PmdRef::from_slot(self.heap, slot) })
+        WalkLock::pmd_offset(self, addr).ok().flatten()
+    }
+}
+
+// SAFETY: the slot is in the root table, which stays attached and alive as long as the
+// backend, and so while the lock is borrowed; the token is `!Send` (raw-pointer marker).
+unsafe impl<'h> WalkLock<'h, HeapPgtable> for HeapMm<'h> {
+    type Error = PgtableError;
+
+    fn backend(&self) -> &'h HeapPgtable {
+        self.heap
+    }
+
+    fn pmd_slot(&self, addr: u64) -> Result<Option<&PmdSlot>, PgtableError> {
+        Ok(self.heap.pmd_slot(addr))
     }
 }
 
@@ -193,9 +207,13 @@ impl Drop for HeapMm<'_> {
 // SAFETY: `Ok` only for this lock's own backend and one of its slots; while the mm lock is held
 // shared no `HeapMmExclusive` (the only exclusivity remover) exists.
 unsafe impl InstallLock<HeapPgtable> for HeapMm<'_> {
-    fn allows_install(&self, backend: &HeapPgtable, slot: &PmdSlot) -> Result<(), Error> {
+    fn allows_install(&self, backend: &HeapPgtable, slot: &PmdSlot) -> Result<(), PgtableError> {
         let ours = ptr::eq(self.heap, backend) && backend.root.index_of(slot).is_some();
-        if ours { Ok(()) } else { Err(Error::WrongMmu) }
+        if ours {
+            Ok(())
+        } else {
+            Err(PgtableError::WrongBackend)
+        }
     }
 }
 
@@ -223,9 +241,32 @@ impl<'h> HeapMmExclusive<'h> {
 
     /// The holder's own `InTable` walk; borrows the proof shared.
     pub fn pmd_offset(&self, addr: u64) -> Option<PmdRef<'h, '_, HeapPgtable, InTable>> {
-        let slot = self.heap.pmd_slot(addr)?;
-        // SAFETY: as in `HeapMm::pmd_offset`.
-        Some(unsafe { PmdRef::from_slot(self.heap, slot) })
+        WalkLock::pmd_offset(self, addr).ok().flatten()
+    }
+}
+
+// SAFETY: as for `HeapMm`: the root table lives as long as the backend.
+unsafe impl<'h> WalkLock<'h, HeapPgtable> for HeapMmExclusive<'h> {
+    type Error = PgtableError;
+
+    fn backend(&self) -> &'h HeapPgtable {
+        self.heap
+    }
+
+    fn pmd_slot(&self, addr: u64) -> Result<Option<&PmdSlot>, PgtableError> {
+        Ok(self.heap.pmd_slot(addr))
+    }
+}
+
+// SAFETY: the slots come from the root table, which lives as long as the backend (and so
+// longer than any read section of its domain).
+unsafe impl LocklessWalk for HeapPgtable {
+    fn pmd_slot_lockless<'g>(
+        &'g self,
+        _: &'g RcuGuard<'_, Qsbr>,
+        addr: u64,
+    ) -> Option<&'g PmdSlot> {
+        self.pmd_slot(addr)
     }
 }
 
@@ -243,11 +284,10 @@ unsafe impl<'h> ExclusiveAccess<'h, HeapPgtable> for HeapMmExclusive<'h> {
     fn backend(&self) -> &'h HeapPgtable {
         self.heap
     }
-    fn covered_slot(&self, addr: u64) -> Result<Option<&PmdSlot>, Error> {
-        let limit = super::HEAP_SPAN;
+    fn covered_slot(&self, addr: u64) -> Result<Option<&PmdSlot>, PgtableError> {
         self.heap
             .pmd_slot(addr)
             .map(Some)
-            .ok_or(Error::OutOfRange { addr, limit })
+            .ok_or(PgtableError::NoSlot { addr })
     }
 }

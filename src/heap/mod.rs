@@ -48,7 +48,7 @@
 //! let guard = heap.rcu().read_lock();
 //! let copy = heap.pmd_copy_lockless(&guard, 0x20_3000)?.expect("inside the 1 GiB");
 //! assert_eq!(pte_pfn(pte_offset_map(&copy, 0x20_3000).unwrap().pte()), 0x42);
-//! # Ok::<(), typed_pgtable::Error>(())
+//! # Ok::<(), typed_pgtable::provenance::PgtableError>(())
 //! ```
 //!
 //! Dropping a [`HeapPgtable`] frees every table it still owns: those installed in slots and
@@ -66,8 +66,8 @@ pub use backend::{HeapMm, HeapMmExclusive};
 pub use qsbr::{Qsbr, QsbrSection};
 pub use table::{HeapPmd, PmdSlot, PteTableRef};
 
-use crate::error::Error;
-use crate::provenance::{CopiedUnderRcu, PgtableBackend, PmdLockGuard, PmdRef};
+use crate::provenance::PgtableError;
+use crate::provenance::{CopiedUnderRcu, LocklessWalk, PmdLockGuard, PmdRef};
 use crate::rcu::RcuGuard;
 use alloc::sync::Arc;
 use core::fmt;
@@ -103,9 +103,9 @@ impl HeapPgtable {
     /// An empty address space: the root PMD table, all slots none.
     ///
     /// # Errors
-    /// [`Error::OutOfFrames`] if the root table cannot be allocated.
-    pub fn new() -> Result<HeapPgtable, Error> {
-        let root = PmdTable::alloc().ok_or(Error::OutOfFrames { needed: 1, free: 0 })?;
+    /// [`PgtableError::OutOfMemory`] if the root table cannot be allocated.
+    pub fn new() -> Result<HeapPgtable, PgtableError> {
+        let root = PmdTable::alloc().ok_or(PgtableError::OutOfMemory)?;
         // INVARIANT: no slot names a table yet.
         Ok(HeapPgtable {
             rcu: Qsbr::new(),
@@ -135,47 +135,39 @@ impl HeapPgtable {
     /// Copies the pmd for `addr` inside the open read section `guard` (the lockless walk of
     /// GUP-fast: no mm lock, the root table never goes away). `Ok(None)` outside the span.
     ///
+    /// The provided walk of [`LocklessWalk`].
+    ///
     /// # Errors
-    /// [`Error::WrongMmu`] if `guard` belongs to another domain.
+    /// [`PgtableError::WrongBackend`] if `guard` belongs to another domain.
     pub fn pmd_copy_lockless<'g>(
         &'g self,
         guard: &'g RcuGuard<'_, Qsbr>,
         addr: u64,
-    ) -> Result<Option<PmdRef<'g, 'g, HeapPgtable, CopiedUnderRcu<'g>>>, Error> {
-        if !core::ptr::eq(guard.domain(), &self.rcu) {
-            return Err(Error::WrongMmu);
-        }
-        Ok(self.pmd_slot(addr).map(|slot| {
-            let value = self.pmdp_get_lockless(slot);
-            // SAFETY: `guard` is an open section of this backend's domain (checked above),
-            // opened before this read, alive for 'g; the slot is in the root table, which lives
-            // as long as `self`.
-            unsafe { PmdRef::from_copy(self, slot, value) }
-        }))
+    ) -> Result<Option<PmdRef<'g, 'g, HeapPgtable, CopiedUnderRcu<'g>>>, PgtableError> {
+        LocklessWalk::pmd_copy_lockless(self, guard, addr)
     }
 
     /// Installs a 2 MiB block for page frame `pfn` in the locked, empty slot (a THP fault).
     ///
     /// # Errors
-    /// [`Error::WrongMmu`] for another backend's lock, [`Error::SlotOccupied`] if the slot is
-    /// not none, [`Error::Misaligned`] if `pfn` does not start a 2 MiB block.
+    /// [`PgtableError::WrongBackend`] for another backend's lock,
+    /// [`PgtableError::SlotOccupied`] if the slot is not none, [`PgtableError::Misaligned`] if
+    /// `pfn` does not start a 2 MiB block.
     pub fn set_pmd_huge(
         &self,
         pml: &PmdLockGuard<'_, '_, HeapPgtable>,
         pfn: u64,
         prot: desc::Prot,
-    ) -> Result<(), Error> {
+    ) -> Result<(), PgtableError> {
         let slot = self.locked_slot(pml)?;
-        let block = desc::pfn_pmd(pfn, prot).ok_or(Error::Misaligned {
+        let block = desc::pfn_pmd(pfn, prot).ok_or(PgtableError::Misaligned {
             addr: pfn << desc::PAGE_SHIFT,
             align: 1 << desc::PMD_SHIFT,
         })?;
         if slot.load() != HeapPmd::NONE {
-            return Err(Error::SlotOccupied);
+            return Err(PgtableError::SlotOccupied);
         }
-        let value = HeapPmd::from_leaf_bits(block.bits()).ok_or(Error::InvalidConfig {
-            reason: "a block descriptor has block type",
-        })?;
+        let value = HeapPmd::from_leaf_bits(block.bits()).ok_or(PgtableError::EntryRefused)?;
         slot.store(value);
         Ok(())
     }
@@ -183,18 +175,19 @@ impl HeapPgtable {
     /// Clears a block from the locked slot and returns it (`pmdp_huge_get_and_clear`).
     ///
     /// # Errors
-    /// [`Error::WrongMmu`] for another backend's lock, [`Error::TableInTheWay`] if the slot
-    /// names a PTE table (which needs `pmdp_collapse_flush`), [`Error::NotMapped`] otherwise.
+    /// [`PgtableError::WrongBackend`] for another backend's lock,
+    /// [`PgtableError::TableInTheWay`] if the slot names a PTE table (which needs
+    /// `pmdp_collapse_flush`), [`PgtableError::NotHuge`] otherwise.
     pub fn pmdp_huge_get_and_clear(
         &self,
         pml: &PmdLockGuard<'_, '_, HeapPgtable>,
-    ) -> Result<desc::Pmd, Error> {
+    ) -> Result<desc::Pmd, PgtableError> {
         let slot = self.locked_slot(pml)?;
         let old = slot.load();
         if !desc::pmd_sect(old.desc()) {
             return Err(match old.table() {
-                Ok(_) => Error::TableInTheWay { addr: 0 },
-                Err(_) => Error::NotMapped { addr: 0 },
+                Ok(_) => PgtableError::TableInTheWay,
+                Err(_) => PgtableError::NotHuge,
             });
         }
         // No PTE table is involved, so the PMD lock alone orders this against other writers.
@@ -212,11 +205,11 @@ impl HeapPgtable {
     fn locked_slot<'s>(
         &self,
         pml: &PmdLockGuard<'_, 's, HeapPgtable>,
-    ) -> Result<&'s PmdSlot, Error> {
+    ) -> Result<&'s PmdSlot, PgtableError> {
         if core::ptr::eq(pml.backend(), self) {
             Ok(pml.pmd().slot())
         } else {
-            Err(Error::WrongMmu)
+            Err(PgtableError::WrongBackend)
         }
     }
 }
