@@ -16,7 +16,7 @@
 //!   touches a freed table is a real use-after-free, which Miri reports.
 //! - **Protection is RCU** ([`qsbr`]): lockless walkers read the slot and the table inside a
 //!   read section of the backend's [`Qsbr`] domain; a retracted table is freed by an RCU
-//!   callback after a grace period ([`PgtableBackend::pte_free_defer`]).
+//!   callback after a grace period ([`PgtableBackend::pte_free_defer`](crate::provenance::PgtableBackend::pte_free_defer)).
 //! - **Locks are spinlocks** ([`spin`]): one PMD lock for the root table, one split PTE lock per
 //!   PTE table (in the page beside the table, so it lives and dies with it), and a
 //!   reader-writer **mm lock** for walks.
