@@ -176,6 +176,7 @@ impl From<PgtableError> for Error {
             PgtableError::NotHuge | PgtableError::EntryRefused => Error::NotMapped { addr: 0 },
             PgtableError::NoSlot { addr } => Error::NotMapped { addr },
             PgtableError::NoTable(n) => Error::NoTable(n),
+            PgtableError::Misaligned { addr, align } => Error::Misaligned { addr, align },
         }
     }
 }

@@ -61,6 +61,8 @@ extern crate std;
 
 pub mod bound;
 pub mod error;
+#[cfg(feature = "heap")]
+pub mod heap;
 #[cfg(feature = "std")]
 pub mod mmu;
 pub mod ops;

@@ -21,6 +21,9 @@
 //! At the end of each case everything is torn down through the API and only the PGD, PUD and
 //! PMD tables may remain; the audit must have seen no use-after-free.
 
+mod common;
+
+use common::model::{self as reference, Ck, Model, Obs, Pmd, Res, census};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::collections::{BTreeMap, BTreeSet};
@@ -138,7 +141,7 @@ fn frames() -> impl Strategy<Value = usize> {
     ]
 }
 
-/// What a pmd of the model holds.
+/// What a pmd of the model holds, as the dump shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
     None,
@@ -148,50 +151,65 @@ enum Slot {
     Huge(u64),
 }
 
-#[derive(Debug)]
-struct Model {
-    frames: usize,
-    slots: [Slot; REGIONS],
+/// The views of the shared reference model ([`common::model`], without VMAs) this test
+/// predicts from. Its regions are the model's slots 0 to 3, at the same addresses.
+trait View {
+    fn slot(&self, region: usize) -> Slot;
+    fn slots4(&self) -> [Slot; REGIONS];
     /// Small pages: va -> pfn.
-    pages: BTreeMap<u64, u64>,
+    fn pages(&self) -> BTreeMap<u64, u64>;
+    fn pages_in(&self, region: usize) -> Vec<u64>;
     /// PUD and PMD tables exist (they are never freed).
-    upper: bool,
+    fn upper(&self) -> bool;
+    fn missing_upper0(&self) -> usize;
     /// Frames the allocator should have free.
-    free: usize,
+    fn free(&self) -> usize;
 }
 
-impl Model {
-    fn new(frames: usize) -> Model {
-        Model {
-            frames,
-            slots: [Slot::None; REGIONS],
-            pages: BTreeMap::new(),
-            upper: false,
-            // Frame 0 is reserved, one frame is the PGD.
-            free: frames - 2,
+impl View for Model {
+    fn slot(&self, region: usize) -> Slot {
+        match &self.slots[region] {
+            Pmd::None => Slot::None,
+            Pmd::Table(_) => Slot::Table,
+            Pmd::Huge { pfn, .. } => Slot::Huge(*pfn),
         }
     }
 
-    fn missing_upper(&self) -> usize {
-        if self.upper { 0 } else { 2 }
+    fn slots4(&self) -> [Slot; REGIONS] {
+        std::array::from_fn(|r| self.slot(r))
     }
 
-    fn translate(&self, va: u64) -> Option<u64> {
-        match self.slots[region_of(va)] {
-            Slot::Huge(pfn) => Some((pfn << 12) + (va & (PMD_SIZE - 1))),
-            _ => self
-                .pages
-                .get(&(va & !(PAGE_SIZE - 1)))
-                .map(|pfn| (pfn << 12) | (va & (PAGE_SIZE - 1))),
-        }
+    fn pages(&self) -> BTreeMap<u64, u64> {
+        (0..REGIONS)
+            .flat_map(|r| match &self.slots[r] {
+                Pmd::Table(t) => t
+                    .iter()
+                    .map(|(&i, p)| (reference::page_va(r, i), p.pfn))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect()
     }
 
     fn pages_in(&self, region: usize) -> Vec<u64> {
         let lo = region as u64 * PMD_SIZE;
-        self.pages
+        self.pages()
             .range(lo..lo + PMD_SIZE)
             .map(|(&va, _)| va)
             .collect()
+    }
+
+    fn upper(&self) -> bool {
+        !self.pmds.is_empty()
+    }
+
+    fn missing_upper0(&self) -> usize {
+        self.missing_upper(0)
+    }
+
+    fn free(&self) -> usize {
+        self.census_want()
+            .map_or(0, |c| c[FrameKind::Free as usize])
     }
 }
 
@@ -216,12 +234,7 @@ fn check_va(va: u64, align: u64) -> Result<(), Error> {
 
 /// Number of aligned 512-frame runs that are entirely free.
 fn free_huge_runs(mmu: &Mmu, frames: usize) -> usize {
-    (0..frames / HUGE_FRAMES)
-        .filter(|&i| {
-            (i * HUGE_FRAMES..(i + 1) * HUGE_FRAMES)
-                .all(|pfn| mmu.frame_kind(pfn as u64) == Some(FrameKind::Free))
-        })
-        .count()
+    census(mmu, frames).1
 }
 
 fn err_str<T: std::fmt::Debug>(ctx: &str, what: T) -> TestCaseError {
@@ -245,8 +258,30 @@ impl Harness {
         .expect("valid config");
         Harness {
             mmu,
-            model: Model::new(frames),
+            model: Model::without_vmas(frames),
         }
+    }
+
+    /// Moves the reference model along a call that succeeded with `res`, with the free frames
+    /// and free runs seen before it: the model checks the result too.
+    fn follow(
+        &mut self,
+        ctx: &str,
+        op: reference::Op,
+        res: Res,
+        free: usize,
+        runs: usize,
+    ) -> Result<(), TestCaseError> {
+        let obs = Obs {
+            res,
+            free,
+            runs,
+            dump: self.mmu.dump(),
+            zero: self.mmu.zero_page(),
+        };
+        self.model
+            .step(&op, &Ck::new(Some(&obs)))
+            .map_err(|e| err_str(&format!("{ctx}: reference model"), e))
     }
 
     /// Runs a call that the model says must fail with `expected`, and checks the MMU is
@@ -324,18 +359,16 @@ impl Harness {
             Op::MapPage { va } => {
                 let region = region_of(va);
                 let m = &self.model;
-                let predicted = match m.slots[region] {
+                let free = m.free();
+                let predicted = match m.slot(region) {
                     Slot::Huge(_) => Err(Error::HugeInTheWay { addr: va }),
-                    Slot::Table if m.pages.contains_key(&va) => {
+                    Slot::Table if m.pages().contains_key(&va) => {
                         Err(Error::AlreadyMapped { addr: va })
                     }
                     slot => {
-                        let need = m.missing_upper() + usize::from(slot == Slot::None) + 1;
-                        if m.free < need {
-                            Err(Error::OutOfFrames {
-                                needed: need,
-                                free: m.free,
-                            })
+                        let need = m.missing_upper0() + usize::from(slot == Slot::None) + 1;
+                        if free < need {
+                            Err(Error::OutOfFrames { needed: need, free })
                         } else {
                             Ok(need)
                         }
@@ -349,24 +382,23 @@ impl Harness {
                             .map_page(va)
                             .map_err(|e| err_str(&format!("{ctx}: unexpected"), e))?;
                         prop_assert!(
-                            !self.model.pages.values().any(|&p| p == pfn),
+                            !self.model.pages().values().any(|&p| p == pfn),
                             "{}: frame {:#x} handed out twice",
                             ctx,
                             pfn
                         );
                         prop_assert_eq!(self.mmu.frame_kind(pfn), Some(FrameKind::Data));
-                        let m = &mut self.model;
-                        m.upper = true;
-                        m.slots[region] = Slot::Table;
-                        m.pages.insert(va, pfn);
-                        m.free -= need;
+                        let (slot, idx) = reference::slot_at(va).expect("a region's page");
+                        let op = reference::Op::MapPage { slot, idx };
+                        self.follow(ctx, op, Res::Pfn(Ok(pfn)), free, 0)?;
+                        prop_assert_eq!(self.model.free(), free - need, "{}", ctx);
                     }
                 }
             }
             Op::UnmapPage { va } => {
                 let region = region_of(va);
                 let m = &self.model;
-                match (m.slots[region], m.pages.get(&va)) {
+                match (m.slot(region), m.pages().get(&va)) {
                     (Slot::Huge(_), _) => {
                         self.expect_err(ctx, Error::HugeInTheWay { addr: va }, |mmu| {
                             mmu.unmap_page(va)
@@ -381,16 +413,20 @@ impl Harness {
                             prop_assert_eq!(mmu.unmap_page(va), Ok(pfn), "{}", ctx);
                             Ok(())
                         })?;
-                        self.model.pages.remove(&va);
+                        let free = self.model.free();
+                        let (slot, idx) = reference::slot_at(va).expect("a region's page");
+                        let op = reference::Op::UnmapPage { slot, idx };
+                        self.follow(ctx, op, Res::Pfn(Ok(pfn)), free, 0)?;
                         // The (possibly now empty) PTE table stays.
-                        self.model.free += 1;
+                        prop_assert_eq!(self.model.free(), free + 1, "{}", ctx);
                     }
                 }
             }
             Op::MapHuge { region } => {
                 let va = region as u64 * PMD_SIZE;
                 let m = &self.model;
-                match m.slots[region] {
+                let free = m.free();
+                match m.slot(region) {
                     Slot::Huge(_) => {
                         self.expect_err(ctx, Error::AlreadyMapped { addr: va }, |mmu| {
                             mmu.map_huge(va)
@@ -403,21 +439,18 @@ impl Harness {
                     }
                     Slot::None => {
                         // Reservation: missing upper tables plus the deposit; then a run.
-                        let k = m.missing_upper() + 1;
-                        if m.free < k {
-                            let e = Error::OutOfFrames {
-                                needed: k,
-                                free: m.free,
-                            };
+                        let k = m.missing_upper0() + 1;
+                        if free < k {
+                            let e = Error::OutOfFrames { needed: k, free };
                             self.expect_err(ctx, e, |mmu| mmu.map_huge(va))?;
                             return Ok(());
                         }
                         let run_missing = Error::OutOfFrames {
                             needed: HUGE_FRAMES,
-                            free: m.free - k,
+                            free: free - k,
                         };
                         let runs = free_huge_runs(&self.mmu, m.frames);
-                        if runs == 0 || m.free < k + HUGE_FRAMES {
+                        if runs == 0 || free < k + HUGE_FRAMES {
                             self.expect_err(ctx, run_missing, |mmu| mmu.map_huge(va))?;
                             return Ok(());
                         }
@@ -426,10 +459,13 @@ impl Harness {
                             Ok(pfn) => {
                                 prop_assert_eq!(pfn % HUGE_FRAMES as u64, 0, "{}", ctx);
                                 prop_assert!(pfn as usize + HUGE_FRAMES <= m.frames);
-                                let m = &mut self.model;
-                                m.upper = true;
-                                m.slots[region] = Slot::Huge(pfn);
-                                m.free -= k + HUGE_FRAMES;
+                                let op = reference::Op::MapHuge {
+                                    slot: region,
+                                    zero: false,
+                                };
+                                self.follow(ctx, op, Res::Pfn(Ok(pfn)), free, runs)?;
+                                prop_assert_eq!(self.model.slot(region), Slot::Huge(pfn));
+                                prop_assert_eq!(self.model.free(), free - k - HUGE_FRAMES);
                             }
                             // With exactly one free run, the reservation may have taken a
                             // frame of it; with two or more it cannot (it takes at most three
@@ -450,7 +486,7 @@ impl Harness {
             }
             Op::UnmapHuge { region } => {
                 let va = region as u64 * PMD_SIZE;
-                match self.model.slots[region] {
+                match self.model.slot(region) {
                     Slot::None => self
                         .expect_err(ctx, Error::NotMapped { addr: va }, |mmu| mmu.unmap_huge(va))?,
                     Slot::Table => {
@@ -465,14 +501,17 @@ impl Harness {
                             prop_assert_eq!(mmu.unmap_huge(va), Ok(pfn), "{}", ctx);
                             Ok(())
                         })?;
-                        self.model.slots[region] = Slot::None;
-                        self.model.free += HUGE_FRAMES + 1;
+                        let free = self.model.free();
+                        let op = reference::Op::UnmapHuge { slot: region };
+                        self.follow(ctx, op, Res::Pfn(Ok(pfn)), free, 0)?;
+                        prop_assert_eq!(self.model.slot(region), Slot::None);
+                        prop_assert_eq!(self.model.free(), free + HUGE_FRAMES + 1);
                     }
                 }
             }
             Op::Retract { region, offset } => {
                 let va = region as u64 * PMD_SIZE + offset;
-                match self.model.slots[region] {
+                match self.model.slot(region) {
                     Slot::None => self.expect_err(ctx, Error::NotMapped { addr: va }, |mmu| {
                         mmu.retract_pte_table(va)
                     })?,
@@ -490,11 +529,14 @@ impl Harness {
                             prop_assert_eq!(n, Ok(gone.len()), "{}", ctx);
                             Ok(())
                         })?;
-                        for va in &gone {
-                            self.model.pages.remove(va);
-                        }
-                        self.model.slots[region] = Slot::None;
-                        self.model.free += gone.len() + 1;
+                        let free = self.model.free();
+                        let op = reference::Op::RetractPteTable {
+                            slot: region,
+                            off: offset,
+                        };
+                        self.follow(ctx, op, Res::Num(Ok(gone.len())), free, 0)?;
+                        prop_assert_eq!(self.model.slot(region), Slot::None);
+                        prop_assert_eq!(self.model.free(), free + gone.len() + 1);
                     }
                 }
             }
@@ -550,7 +592,10 @@ impl Harness {
     fn check(&self) -> Result<(), TestCaseError> {
         let mmu = &self.mmu;
         let m = &self.model;
-        prop_assert_eq!(mmu.free_frames(), m.free, "free frames (model: {:?})", m);
+        let free = m.free();
+        let pages = m.pages();
+        let upper = m.upper();
+        prop_assert_eq!(mmu.free_frames(), free, "free frames (model: {:?})", m);
 
         // translate, every page of the space, at an offset that varies with the page.
         for p in 0..PAGES {
@@ -565,10 +610,10 @@ impl Harness {
 
         // The dump, entry by entry.
         let dump: MmuDump = mmu.dump();
-        prop_assert_eq!(dump.free_frames, m.free);
+        prop_assert_eq!(dump.free_frames, free);
         let at = |level: u32| dump.entries.iter().filter(move |e| e.0 == level);
-        prop_assert_eq!(at(4).count(), usize::from(m.upper), "PGD entries");
-        prop_assert_eq!(at(3).count(), usize::from(m.upper), "PUD entries");
+        prop_assert_eq!(at(4).count(), usize::from(upper), "PGD entries");
+        prop_assert_eq!(at(3).count(), usize::from(upper), "PUD entries");
         let mut pte_tables = BTreeSet::new();
         let mut pmd_slots = [Slot::None; REGIONS];
         for &(_, va, raw) in at(2) {
@@ -586,16 +631,15 @@ impl Harness {
                 other => return Err(err_str("pmd entry", other)),
             };
         }
-        prop_assert_eq!(pmd_slots, m.slots, "pmd slots");
+        prop_assert_eq!(pmd_slots, m.slots4(), "pmd slots");
         let ptes: BTreeMap<u64, u64> = at(1).map(|&(_, va, raw)| (va, raw)).collect();
-        let expected: BTreeMap<u64, u64> = m
-            .pages
+        let expected: BTreeMap<u64, u64> = pages
             .iter()
             .map(|(&va, &pfn)| (va, Pte::page(pfn).raw()))
             .collect();
         prop_assert_eq!(ptes, expected, "PTEs");
         let huge: Vec<usize> = (0..REGIONS)
-            .filter(|&r| matches!(m.slots[r], Slot::Huge(_)))
+            .filter(|&r| matches!(m.slot(r), Slot::Huge(_)))
             .collect();
         let mut deposited: Vec<usize> = dump.deposits.iter().map(|d| d.1 as usize).collect();
         deposited.sort_unstable();
@@ -614,7 +658,7 @@ impl Harness {
             let kind = mmu.frame_kind(pfn).expect("pfn in range");
             *census.entry(format!("{kind:?}")).or_default() += 1;
         }
-        let tables = m.slots.iter().filter(|s| **s == Slot::Table).count();
+        let tables = m.slots4().iter().filter(|s| **s == Slot::Table).count();
         let mut want: BTreeMap<String, usize> = BTreeMap::new();
         let mut put = |k: FrameKind, n: usize| {
             if n > 0 {
@@ -623,16 +667,16 @@ impl Harness {
         };
         put(FrameKind::Reserved, 1);
         put(FrameKind::Pgd, 1);
-        put(FrameKind::Pud, usize::from(m.upper));
-        put(FrameKind::Pmd, usize::from(m.upper));
+        put(FrameKind::Pud, usize::from(upper));
+        put(FrameKind::Pmd, usize::from(upper));
         put(FrameKind::Pte, tables + huge.len());
-        put(FrameKind::Data, m.pages.len() + HUGE_FRAMES * huge.len());
-        put(FrameKind::Free, m.free);
+        put(FrameKind::Data, pages.len() + HUGE_FRAMES * huge.len());
+        put(FrameKind::Free, free);
         prop_assert_eq!(census, want, "frame census");
         for t in &pte_tables {
             prop_assert_eq!(mmu.frame_kind(*t), Some(FrameKind::Pte));
         }
-        for pfn in m.pages.values() {
+        for pfn in pages.values() {
             prop_assert_eq!(mmu.frame_kind(*pfn), Some(FrameKind::Data));
         }
         Ok(())
@@ -642,30 +686,36 @@ impl Harness {
     fn teardown(&mut self) -> Result<(), TestCaseError> {
         for r in 0..REGIONS {
             let va = r as u64 * PMD_SIZE;
-            match self.model.slots[r] {
+            match self.model.slot(r) {
                 Slot::Huge(pfn) => {
                     prop_assert_eq!(self.mmu.unmap_huge(va), Ok(pfn));
+                    let op = reference::Op::UnmapHuge { slot: r };
+                    self.follow("teardown", op, Res::Pfn(Ok(pfn)), 0, 0)?;
                 }
                 Slot::Table => {
                     for page in self.model.pages_in(r) {
-                        let pfn = self.model.pages[&page];
+                        let pfn = self.model.pages()[&page];
                         prop_assert_eq!(self.mmu.unmap_page(page), Ok(pfn));
-                        self.model.pages.remove(&page);
+                        let (slot, idx) = reference::slot_at(page).expect("a region's page");
+                        let op = reference::Op::UnmapPage { slot, idx };
+                        self.follow("teardown", op, Res::Pfn(Ok(pfn)), 0, 0)?;
                     }
                     prop_assert_eq!(self.mmu.retract_pte_table(va), Ok(0));
+                    let op = reference::Op::RetractPteTable { slot: r, off: 0 };
+                    self.follow("teardown", op, Res::Num(Ok(0)), 0, 0)?;
                 }
                 Slot::None => {}
             }
-            self.model.slots[r] = Slot::None;
+            prop_assert_eq!(self.model.slot(r), Slot::None);
         }
         self.mmu.rcu_barrier();
-        let upper = 2 * usize::from(self.model.upper);
+        let upper = 2 * usize::from(self.model.upper());
         prop_assert_eq!(
             self.mmu.free_frames(),
             self.model.frames - 2 - upper,
             "frames leaked after teardown"
         );
-        self.model.free = self.model.frames - 2 - upper;
+        prop_assert_eq!(self.model.free(), self.model.frames - 2 - upper);
         self.check()?;
         // A second teardown finds nothing and frees nothing.
         let before = self.mmu.dump();
@@ -782,15 +832,21 @@ fn model_detects_a_wrong_prediction() {
     h.apply(&Op::MapPage { va: page_va(1, 3) }).unwrap();
     h.check().unwrap();
     // Pretend the page is gone: translate, the dump and the census all disagree.
-    let mut m = h.model.pages.clone();
-    h.model.pages.clear();
+    let good = h.model.clone();
+    h.model.slots[1] = Pmd::Table(BTreeMap::new());
     assert!(h.check().is_err());
-    std::mem::swap(&mut h.model.pages, &mut m);
+    h.model = good.clone();
+    h.check().unwrap();
+    // A wrong count of free frames is caught: the model thinks a PMD table more exists.
+    h.model.pmds.insert(1 << 20);
+    assert!(h.check().is_err());
+    h.model = good;
     h.check().unwrap();
     // A leaked frame is caught.
-    h.model.free += 1;
+    let leaked = h.mmu.alloc_data_frame().unwrap();
     assert!(h.check().is_err());
-    h.model.free -= 1;
+    drop(leaked);
+    h.check().unwrap();
     // A wrong error prediction is caught.
     assert!(
         h.expect_err("x", Error::NotMapped { addr: 0 }, |mmu| mmu

@@ -4,7 +4,7 @@
 use super::entry::{PmdKind, Pte, TableRef};
 use super::frames::FrameKind;
 use super::gup::PageRef;
-use super::stability::MmapReadGuard;
+use super::locks::MmapReadGuard;
 use super::vma::VmaKind;
 use super::{Mmu, PAGE_SIZE};
 use crate::error::{Error, NoMap};

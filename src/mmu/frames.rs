@@ -7,7 +7,7 @@
 
 use super::audit::Audit;
 use super::entry::POISON;
-use super::spin::SpinLock;
+use super::locks::spin::SpinLock;
 use crate::error::Error;
 use std::boxed::Box;
 use std::sync::Mutex;

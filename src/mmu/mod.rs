@@ -43,10 +43,14 @@
 //!   race-window delays for short test runs, [`Mmu::set_race_delays`] ([`delay`]);
 //! - lookups: [`Mmu::translate`], [`Mmu::pmd_copy_lockless`], [`Mmu::dump`] (`ops.rs`).
 //!
-//! VMAs and their locks (`vma.rs`): [`Mmu::mmap`], [`Mmu::lock_vma_under_rcu`],
-//! [`Mmu::i_mmap_lock_read`], [`MmapWriteGuard::vma_start_write`] and the exclusive token
-//! [`MmapWriteGuard::detach_range`]. The crate's [`kernel_map`](crate::kernel_map) table maps
-//! each kernel function to these calls.
+//! VMAs (`vma.rs`): [`Mmu::mmap`], [`Mmu::find_vma`]. The upper levels of a walk, down to the
+//! pmd slot (`walk.rs`). The locks, one file each under `locks/`, whose module docs hold the
+//! table of what each excludes and allows: the mmap lock [`Mmu::mmap_read_lock`] (`mmap.rs`),
+//! the per-VMA lock [`Mmu::lock_vma_under_rcu`] and [`MmapWriteGuard::vma_start_write`]
+//! (`vma.rs`), the rmap lock [`Mmu::i_mmap_lock_read`] (`rmap.rs`), the exclusive token
+//! [`MmapWriteGuard::detach_range`] (`exclusive.rs`) and the split-lock spinlock (`spin.rs`).
+//! The crate's [`kernel_map`](crate::kernel_map) table maps each kernel function to these
+//! calls.
 //!
 //! One rule for callers: never take a sleeping lock (the mmap, VMA or rmap lock) inside an RCU
 //! read section, and never call an operation that waits for a grace period
@@ -71,12 +75,12 @@ mod frames;
 mod gup;
 mod khugepaged;
 pub mod lockdep;
+mod locks;
 mod munmap;
 mod ops;
-mod spin;
-mod stability;
 mod thp;
 mod vma;
+mod walk;
 mod zap;
 
 pub use audit::{Audit, AuditRule, Violation};
@@ -87,12 +91,13 @@ pub use entry::{
 pub use frames::{ENTRIES, FrameKind, PmdSlot};
 pub use gup::{PageRef, PinnedPage};
 pub use khugepaged::CollapseOutcome;
-pub use ops::{MmuDump, MmuStats};
-pub use stability::{MmapReadGuard, MmapWriteGuard};
-pub use thp::SplitOutcome;
-pub use vma::{
-    Exclusive, RmapReadGuard, RmapWriteGuard, VmaInfo, VmaKind, VmaReadGuard, VmaWriteGuard,
+pub use locks::{
+    Exclusive, MmapReadGuard, MmapWriteGuard, RmapReadGuard, RmapWriteGuard, VmaReadGuard,
+    VmaWriteGuard,
 };
+pub use ops::{MmuDump, MmuStats};
+pub use thp::SplitOutcome;
+pub use vma::{VmaInfo, VmaKind};
 pub use zap::ZapStats;
 
 use crate::error::Error;

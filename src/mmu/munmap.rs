@@ -2,7 +2,7 @@
 //! token, and mremap's `move_normal_pmd`.
 
 use super::entry::PmdKind;
-use super::vma::Exclusive;
+use super::locks::Exclusive;
 use super::{Mmu, PMD_SIZE};
 use crate::error::Error;
 use crate::provenance::{

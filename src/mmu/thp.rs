@@ -4,7 +4,7 @@
 
 use super::entry::{HUGE, PRESENT, PmdKind, Pte, huge_entry};
 use super::frames::{ENTRIES, FrameKind};
-use super::stability::MmapReadGuard;
+use super::locks::MmapReadGuard;
 use super::vma::VmaKind;
 use super::{Mmu, PMD_SIZE};
 use crate::error::Error;

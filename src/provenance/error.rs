@@ -48,6 +48,14 @@ pub enum PgtableError {
     /// The pmd names no PTE table.
     #[error("no PTE table: {0}")]
     NoTable(#[from] NoMap),
+    /// An address or frame that must start a block of `align` bytes does not.
+    #[error("{addr:#x} is not aligned to {align:#x}")]
+    Misaligned {
+        /// The address.
+        addr: u64,
+        /// The alignment needed.
+        align: u64,
+    },
     /// The backend refused to write this entry (a backend-specific reason, e.g. a PTE naming
     /// memory it cannot map).
     #[error("the backend refused the entry")]

@@ -4,6 +4,8 @@
 //! Each test file that uses them says `mod common;`; not every file uses every helper.
 #![allow(dead_code)]
 
+pub mod model;
+
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};

@@ -1,124 +1,24 @@
-//! Stability locks as token types, and the walks they allow.
-//!
-//! A walk lock keeps the upper levels (down to and including the PMD table) stable. Walks are
-//! methods of the token, so the `InTable` references they return borrow it: the borrow checker
-//! ends every use of a slot before the lock is released, and a token of one MMU can only walk
-//! that MMU.
+//! The mmap lock (`mmap_lock`): [`MmapReadGuard`] and [`MmapWriteGuard`], the walk locks of
+//! faults, zaps and khugepaged's walks. Either mode allows installs.
 
-use super::Mmu;
-use super::entry::{PmdKind, classify_pmd, table_entry};
-use super::frames::{ENTRIES, FrameKind, PmdSlot};
-use super::lockdep::{self, How, LockClass};
 use crate::bound::{OnItsThread, WalkBound};
 use crate::error::Error;
+use crate::mmu::Mmu;
+use crate::mmu::frames::{FrameKind, PmdSlot};
+use crate::mmu::lockdep::{self, How, LockClass};
 use crate::provenance::{InTable, InstallLock, PmdRef, WalkLock};
 use core::marker::PhantomData;
 use core::panic::Location;
-use std::sync::atomic::Ordering;
 use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 use std::vec::Vec;
 
-/// Index of `va` at `level` (4 = PGD … 1 = PTE).
-pub(crate) fn index(va: u64, level: u32) -> usize {
-    ((va >> (12 + 9 * (level - 1))) as usize) % ENTRIES
-}
-
 impl Mmu {
-    /// Checks that `va` is canonical, aligned to `align` and inside the configured space.
-    pub(crate) fn check_va(&self, va: u64, align: u64) -> Result<(), Error> {
-        if (((va << 16) as i64) >> 16) as u64 != va {
-            return Err(Error::NonCanonical { addr: va });
-        }
-        if va % align != 0 {
-            return Err(Error::Misaligned { addr: va, align });
-        }
-        if va >= self.cfg.va_limit {
-            return Err(Error::OutOfRange {
-                addr: va,
-                limit: self.cfg.va_limit,
-            });
-        }
-        Ok(())
-    }
-
-    /// The table one level down from `table`'s entry for `va`, if present.
-    fn next_table(&self, table: u64, level: u32, va: u64) -> Option<u64> {
-        let raw = self
-            .frames
-            .cell(table, index(va, level))
-            .0
-            .load(Ordering::Acquire);
-        match classify_pmd(raw, self.frames.nframes() as u64) {
-            PmdKind::Table(pfn) => Some(pfn),
-            _ => None,
-        }
-    }
-
-    /// The pmd slot for `va`, if the upper levels exist. Acquire loads: safe for lockless
-    /// walkers too, because upper-level tables are never freed while the MMU lives.
-    pub(crate) fn pmd_slot(&self, va: u64) -> Option<&PmdSlot> {
-        let pud = self.next_table(self.root, 4, va)?;
-        let pmd = self.next_table(pud, 3, va)?;
-        Some(self.frames.cell(pmd, index(va, 2)))
-    }
-
-    /// How many upper-level tables a walk to `va` would have to allocate.
-    pub(crate) fn missing_upper(&self, va: u64) -> usize {
-        match self.next_table(self.root, 4, va) {
-            None => 2,
-            Some(pud) => usize::from(self.next_table(pud, 3, va).is_none()),
-        }
-    }
-
-    /// The pmd slot for `va`, installing missing upper levels from `reserve` under the
-    /// page-table lock (`__pud_alloc`, `__pmd_alloc`).
-    pub(crate) fn pmd_slot_alloc(
-        &self,
-        va: u64,
-        reserve: &mut Vec<u64>,
-    ) -> Result<&PmdSlot, Error> {
-        let mut table = self.root;
-        for (level, kind) in [(4, FrameKind::Pud), (3, FrameKind::Pmd)] {
-            table = match self.next_table(table, level, va) {
-                Some(next) => next,
-                None => {
-                    let _ptl = self
-                        .page_table_lock
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    let slot = self.frames.cell(table, index(va, level));
-                    match classify_pmd(slot.0.load(Ordering::Acquire), self.frames.nframes() as u64)
-                    {
-                        PmdKind::Table(next) => next,
-                        _ => {
-                            let new = match reserve.pop() {
-                                Some(pfn) => pfn,
-                                None => self.frames.alloc_n(1, kind)?[0],
-                            };
-                            self.frames.set_kind(new, kind);
-                            if kind == FrameKind::Pmd {
-                                // One PMD table maps 1 GiB.
-                                self.frames
-                                    .desc(new)
-                                    .pmd_base
-                                    .store(va & !((1 << 30) - 1), Ordering::Release);
-                            }
-                            slot.0.store(table_entry(new), Ordering::Release);
-                            new
-                        }
-                    }
-                }
-            };
-        }
-        Ok(self.frames.cell(table, index(va, 2)))
-    }
-
     /// Takes the mmap lock for reading (`mmap_read_lock`).
     ///
     /// # Panics
     /// With the lock checker's report if the call could deadlock: inside an RCU read section
     /// of this MMU, with the mmap lock already held, or after a lock that comes later in the
-    /// order (see [`super::lockdep`]).
+    /// order (see [`lockdep`]).
     #[track_caller]
     pub fn mmap_read_lock(&self) -> MmapReadGuard<'_> {
         let at = Location::caller();
@@ -135,22 +35,6 @@ impl Mmu {
         let at = Location::caller();
         let guard = self.mmap_write_lock_at(at);
         guard.unwrap_or_else(|e| panic!("lock checker: {e}"))
-    }
-
-    /// The lock checker's view of a lock this MMU is about to take here.
-    pub(crate) fn lock_check(
-        &self,
-        class: LockClass,
-        instance: u64,
-        how: How,
-        at: &'static Location<'static>,
-    ) -> Result<(), Error> {
-        let section = if how == How::Blocking && class <= LockClass::Rmap {
-            self.rcu.section_open_here()
-        } else {
-            None
-        };
-        lockdep::check(self.rcu.id(), class, instance, how, section, at)
     }
 
     /// `mmap_read_lock`, checked: the lock checker's report as an error.
