@@ -378,3 +378,41 @@ mod mmu_fixture {
 
     suite!(mmu, typed_pgtable::mmu::Mmu);
 }
+
+#[cfg(feature = "heap")]
+mod heap_fixture {
+    use super::*;
+    use typed_pgtable::heap::HeapMm;
+    use typed_pgtable::heap::HeapPgtable;
+    use typed_pgtable::heap::desc::{Prot, Pte, pfn_pte, pte_valid};
+
+    const PMD_SIZE: u64 = 2 << 20;
+
+    impl Fixture for HeapPgtable {
+        type Err = PgtableError;
+        type Entry = Pte;
+        type Lock<'m> = HeapMm<'m>;
+
+        fn new() -> Self {
+            HeapPgtable::new().unwrap()
+        }
+        fn lock(&self) -> HeapMm<'_> {
+            self.mmap_read_lock()
+        }
+        fn addr(i: usize) -> u64 {
+            i as u64 * PMD_SIZE
+        }
+        fn present(&self, n: u64) -> Pte {
+            pfn_pte(0x100 + n, Prot::USER)
+        }
+        fn is_present(pte: &Pte) -> bool {
+            pte_valid(*pte)
+        }
+        fn before_free(&self, _table: &DetachedPmd<'_, Self, Retired>, _addr: u64) {}
+        fn tables_in_use(&self) -> usize {
+            self.tables_live()
+        }
+    }
+
+    suite!(heap, typed_pgtable::heap::HeapPgtable);
+}
