@@ -24,7 +24,8 @@ export CARGO_TERM_COLOR=never
 
 # Tab-separated: name, file, perl substitution (applied with perl -0pi, first match only), checks
 # checks: t = cargo test --all-features, r = also the default torture run, l = the loom models
-# (the edit is a patch in scripts/mutants/, the third column; the file column names what it edits).
+# (the edit is a patch in scripts/mutants/, the third column; the file column names what it edits),
+# m = the heap backend's tests under Miri (a patch likewise; Miri must report undefined behaviour).
 MUTANTS=$(cat <<'EOF'
 lock_without_pmd_same	src/provenance/lock.rs	s/match P::recheck_slot\(&pmd\.src\) \{/match P::recheck_slot(&pmd.src).filter(|_| false) {/	tr
 free_defer_frees_at_once	src/mmu/backend.rs	s/self\.rcu\.call_rcu\(Box::new\(move \|\| frames\.free_table\(pfn\)\)\);/frames.free_table(pfn);/	tr
@@ -53,6 +54,7 @@ loom_tiny_read_lock_without_fence	src/rcu/tiny.rs	loom/tiny_read_lock_without_fe
 loom_tiny_read_unlock_relaxed	src/rcu/tiny.rs	loom/tiny_read_unlock_relaxed.patch	l
 loom_tiny_synchronize_relaxed_load	src/rcu/tiny.rs	loom/tiny_synchronize_relaxed_load.patch	l
 loom_tiny_synchronize_without_fence	src/rcu/tiny.rs	loom/tiny_synchronize_without_fence.patch	l
+miri_heap_free_defer_frees_at_once	src/heap/backend.rs	miri/heap_free_defer_frees_at_once.patch	m
 EOF
 )
 
@@ -87,7 +89,17 @@ while IFS=$'\t' read -r name file edit checks; do
   [[ $want != "  " && $want != *" $name "* ]] && continue
   fresh_copy
   test_r="-" torture_r="-" loom_r="-"
-  if [[ $checks == l ]]; then
+  if [[ $checks == m ]]; then
+    if ! patch -s -d "$copy" -p1 < "$root/scripts/mutants/$edit"; then
+      echo "error: $name: the patch no longer applies" >&2
+      status=2
+      continue
+    fi
+    miri_r=$(cd "$copy" && MIRIFLAGS="-Zmiri-tree-borrows" CARGO_TARGET_DIR=$work/miri-target \
+      outcome cargo +nightly miri test --features heap --test heap_backend)
+    grep -q "Undefined Behavior" "$work/last.log" || miri_r="$miri_r (no UB report)"
+    loom_r="miri: $miri_r"
+  elif [[ $checks == l ]]; then
     if ! patch -s -d "$copy" -p1 < "$root/scripts/mutants/$edit"; then
       echo "error: $name: the patch no longer applies" >&2
       status=2
