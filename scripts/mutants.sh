@@ -39,7 +39,7 @@ synchronize_without_wait	src/rcu/epoch.rs	s/(self\.check_not_in_section\("synchr
 retract_without_page_table_check	src/mmu/khugepaged.rs	s/let report = super::check::page_table_check_pte_clear_range\(self, haddr, &table\.pmd\(\)\);/let report = super::check::PtcReport::default();/	tr
 reclaim_blocking_pmd_lock_under_pte_lock	src/mmu/zap.rs	s/if let Some\(pml\) = pmd_trylock\(pmd\) \{/if let Some(pml) = Some(pmd_lock(pmd)) {/	tr
 move_without_anon_vma_handover	src/mmu/munmap.rs	s/if old_vma\.anon_vma\.load\(Ordering::Acquire\) \{\s*self\.anon_vma_prepare\(&new_vma\);\s*\}//	t
-collapse_without_vma_start_write	src/mmu/khugepaged.rs	s/\.vma_start_write_at\(vma\.start, Location::caller\(\)\)\?/.vma_start_write_at(vma.start, Location::caller()).ok().flatten().filter(|_| false)/	t
+collapse_without_vma_start_write	src/mmu/khugepaged.rs	s/let vw = mm\s*\.vma_start_write_at\(vma\.start, Location::caller\(\)\)\?\s*\.ok_or\(Error::NotInVma \{ addr: va \}\)\?;/let _ = &vma; let vw = &mm;/	t
 lock_checker_without_order_rule	src/mmu/lockdep.rs	s/\} else if h\.class > class \{/} else if false {/	t
 populate_relaxed_store	src/mmu/backend.rs	s/slot\.0\.store\(table_entry\(table\.pfn\), Ordering::Release\);/slot.0.store(table_entry(table.pfn), Ordering::Relaxed);/	t
 loom_free_defer_frees_at_once	src/provenance/detached.rs	loom/free_defer_frees_at_once.patch	l

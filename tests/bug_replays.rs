@@ -1489,6 +1489,44 @@ mod b11_collapse_vs_pt_reclaim {
         assert_clean(&mmu);
     }
 
+    /// The collapse itself holds the VMA write lock while it works: with a walker's read
+    /// section open, `collapse_huge_page` waits for its grace period after the detach, and
+    /// meanwhile no per-VMA reader (PT_RECLAIM's `MADV_DONTNEED`) can lock the VMA. Fails if
+    /// the collapse walks under the mmap write lock alone (`vma_start_write` left out), which
+    /// the check under the PMD lock would otherwise mask.
+    #[test]
+    fn fixed_collapse_holds_the_vma_write_lock_while_it_works() {
+        let mmu = new_mmu(2048);
+        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        mmu.map_page(VA).unwrap();
+        let walker = mmu.rcu_read_lock();
+        let excluded = thread::scope(|s| {
+            let collapse = s.spawn(|| mmu.collapse_huge_page(BASE));
+            // The collapse cannot finish while the section is open, so it keeps whatever it
+            // locked; give it up to 20 s to get there (a watchdog, not a timing claim).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut excluded = false;
+            while !excluded && Instant::now() < deadline {
+                match mmu.lock_vma_under_rcu(BASE) {
+                    Some(reader) => drop(reader),
+                    None => excluded = true,
+                }
+                thread::yield_now();
+            }
+            drop(walker);
+            assert_eq!(
+                collapse.join().unwrap().unwrap(),
+                CollapseOutcome::Collapsed
+            );
+            excluded
+        });
+        assert!(
+            excluded,
+            "a per-VMA reader locked the VMA during the collapse"
+        );
+        assert_clean(&mmu);
+    }
+
     #[test]
     fn fixed_collapse_vs_reclaim_and_refault() {
         let _serial = serial();

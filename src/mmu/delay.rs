@@ -94,8 +94,10 @@ mod tests {
 
     #[test]
     fn one_in_n_passes_is_delayed() {
-        let hits = (0..100_000).filter(|_| roll(16)).count();
-        assert!((4_000..9_000).contains(&hits), "{hits}");
+        // Fewer rolls under Miri, which runs this a thousand times slower.
+        let n = if cfg!(miri) { 4_000 } else { 100_000 };
+        let hits = (0..n).filter(|_| roll(16)).count();
+        assert!((n / 25..n / 11).contains(&hits), "{hits} of {n}");
         assert!((0..1000).all(|_| roll(1)));
     }
 }

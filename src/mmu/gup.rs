@@ -207,6 +207,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "a 2,048-frame arena is too large for Miri")]
     fn a_pte_pin_kept_after_the_table_was_retracted_is_reported() {
         let mmu = mmu();
         mmu.map_page(VA).unwrap();
@@ -226,6 +227,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "a 2,048-frame arena is too large for Miri")]
     fn a_pte_pin_kept_after_the_pte_changed_is_reported() {
         let mmu = mmu();
         mmu.map_page(VA).unwrap();
@@ -243,6 +245,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "a 2,048-frame arena is too large for Miri")]
     fn a_huge_pin_kept_after_the_split_is_reported() {
         let mmu = mmu();
         let head = mmu.map_huge(VA).unwrap();
@@ -258,6 +261,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "a 2,048-frame arena is too large for Miri")]
     fn a_pin_of_an_unchanged_mapping_is_not_reported() {
         let mmu = mmu();
         mmu.map_page(VA).unwrap();
@@ -271,6 +275,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "a 2,048-frame arena is too large for Miri")]
     fn gup_fast_after_the_same_changes_keeps_no_stale_pin() {
         let mmu = mmu();
         mmu.map_page(VA).unwrap();
