@@ -128,7 +128,7 @@ fn lockless_walk(mmu: &Mmu, va: u64, seen: &mut Seen) {
 fn walk_until(mmu: &Mmu, va: u64, stop: &AtomicBool, tables: &AtomicU64, full_every: u64) -> Seen {
     let mut seen = Seen::default();
     let mut i = 0u64;
-    while !stop.load(SeqCst) {
+    common::until_stopped(stop, || {
         i += 1;
         if i % full_every == 0 {
             let before = seen.tables;
@@ -144,7 +144,7 @@ fn walk_until(mmu: &Mmu, va: u64, stop: &AtomicBool, tables: &AtomicU64, full_ev
                 "a pin of a free page"
             );
         }
-    }
+    });
     seen
 }
 
@@ -500,7 +500,7 @@ mod b2_reuse_without_sync {
         let collapses = AtomicU64::new(0);
         let seen = thread::scope(|s| {
             s.spawn(|| {
-                while !stop.load(SeqCst) {
+                common::until_stopped(&stop, || {
                     for i in 0..4 {
                         let _ = mmu.map_page(BASE + i * PAGE_SIZE);
                     }
@@ -515,7 +515,7 @@ mod b2_reuse_without_sync {
                     }
                     // Frees the deposited (reused) table at once.
                     let _ = mmu.unmap_huge(BASE);
-                }
+                });
             });
             let walkers: Vec<_> = (0..2)
                 .map(|_| s.spawn(|| walk_until(&mmu, BASE, &stop, &tables, 1)))
@@ -638,14 +638,14 @@ mod b4_anon_vma_race {
         let cows = AtomicU64::new(0);
         let cowed = thread::scope(|s| {
             s.spawn(|| {
-                while !stop.load(SeqCst) {
+                common::until_stopped(&stop, || {
                     let base = current.load(SeqCst);
                     if base != 0 {
                         mmu.retract_page_tables(base).unwrap();
                     } else {
                         thread::yield_now();
                     }
-                }
+                });
             });
             let cow = s.spawn(|| {
                 let mut cowed = Vec::new();
@@ -875,30 +875,30 @@ mod b6_move_normal_pmd_vs_retract {
         let stop = AtomicBool::new(false);
         let seen = thread::scope(|s| {
             s.spawn(|| {
-                while !stop.load(SeqCst) {
+                common::until_stopped(&stop, || {
                     let _ = mmu.move_normal_pmd(OLD, NEW);
                     let _ = mmu.move_normal_pmd(NEW, OLD);
-                }
+                });
             });
             s.spawn(|| {
-                while !stop.load(SeqCst) {
+                common::until_stopped(&stop, || {
                     mmu.retract_page_tables(OLD).unwrap();
                     mmu.retract_page_tables(NEW).unwrap();
-                }
+                });
             });
             s.spawn(|| {
                 let mut i = 0;
-                while !stop.load(SeqCst) {
+                common::until_stopped(&stop, || {
                     i += 1;
                     let _ = mmu.map_page(OLD + (i % 8) * PAGE_SIZE);
-                }
+                });
             });
             let walker = s.spawn(|| {
                 let mut seen = Seen::default();
-                while !stop.load(SeqCst) {
+                common::until_stopped(&stop, || {
                     lockless_walk(&mmu, OLD, &mut seen);
                     lockless_walk(&mmu, NEW, &mut seen);
-                }
+                });
                 seen
             });
             stop_after_run(&stop, || {
@@ -1027,7 +1027,7 @@ mod b7_split_invalidates_migration_entry {
         let (splits, migration_splits) = (AtomicU64::new(0), AtomicU64::new(0));
         let seen = thread::scope(|s| {
             s.spawn(|| {
-                while !stop.load(SeqCst) {
+                common::until_stopped(&stop, || {
                     // A present THP: pmdp_invalidate, withdraw, fill, publish.
                     match mmu.map_huge(BASE) {
                         Ok(_) => {
@@ -1051,7 +1051,7 @@ mod b7_split_invalidates_migration_entry {
                         migration_splits.fetch_add(1, SeqCst);
                         mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
                     }
-                }
+                });
             });
             let walkers: Vec<_> = (0..2)
                 .map(|_| s.spawn(|| walk_until(&mmu, BASE, &stop, &tables, 8)))
@@ -1183,23 +1183,23 @@ mod b9_ptlock_freed_before_grace_period {
         let (locks, reclaimed) = (AtomicU64::new(0), AtomicU64::new(0));
         thread::scope(|s| {
             s.spawn(|| {
-                while !stop.load(SeqCst) {
+                common::until_stopped(&stop, || {
                     for i in 0..4 {
                         let _ = mmu.map_page(BASE + i * PAGE_SIZE);
                     }
                     let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
                     reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
-                }
+                });
             });
             for _ in 0..2 {
                 s.spawn(|| {
-                    while !stop.load(SeqCst) {
+                    common::until_stopped(&stop, || {
                         let mm = mmu.mmap_read_lock();
                         let Some(pmd) = mm.pmd_offset(BASE).unwrap() else {
-                            continue;
+                            return;
                         };
                         let Ok(ro) = pte_offset_map_ro_nolock(&pmd, BASE) else {
-                            continue;
+                            return;
                         };
                         // Read it locklessly first (the reclaim may run meanwhile) ...
                         let present = ro.entries().filter(|p| p.is_present()).count();
@@ -1208,7 +1208,7 @@ mod b9_ptlock_freed_before_grace_period {
                         let present_locked = locked.entries().filter(|p| p.is_present()).count();
                         assert!(present <= 512 && present_locked <= 512);
                         locks.fetch_add(1, SeqCst);
-                    }
+                    });
                 });
             }
             stop_after_run(&stop, || {
@@ -1316,34 +1316,34 @@ mod b10_recheck_pmd_state {
         );
         thread::scope(|s| {
             s.spawn(|| {
-                while !stop.load(SeqCst) {
+                common::until_stopped(&stop, || {
                     let _ = mmu.map_page(BASE);
                     // Let the writers find the table.
                     wait_for_progress(&writes, writes.load(SeqCst));
                     let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
                     reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
-                }
+                });
             });
             for t in 0..2u64 {
                 let (mmu, stop, writes, rejected, lost) = (&mmu, &stop, &writes, &rejected, &lost);
                 s.spawn(move || {
                     let mut i = t;
-                    while !stop.load(SeqCst) {
+                    common::until_stopped(stop, || {
                         i += 1;
                         let va = BASE + (8 + i % 16) * PAGE_SIZE;
                         let mm = mmu.mmap_read_lock();
                         let Some(pmd) = mm.pmd_offset(va).unwrap() else {
-                            continue;
+                            return;
                         };
                         let Ok(rw) = pte_offset_map_rw_nolock(&pmd, va) else {
-                            continue;
+                            return;
                         };
                         // Work on the snapshot first: the reclaim may run meanwhile.
                         let _ = rw.entries().filter(|p| p.is_present()).count();
                         match rw.lock().revalidate(&pmd) {
                             Ok(ptl) => {
                                 if !ptl.ptep_get(va).is_none() {
-                                    continue;
+                                    return;
                                 }
                                 let page = mmu.alloc_data_frame().unwrap();
                                 ptl.set_pte(va, Pte::anon_page(page.pfn())).unwrap();
@@ -1358,7 +1358,7 @@ mod b10_recheck_pmd_state {
                                 rejected.fetch_add(1, SeqCst);
                             }
                         }
-                    }
+                    });
                 });
             }
             stop_after_run(&stop, || {
@@ -1537,31 +1537,29 @@ mod b11_collapse_vs_pt_reclaim {
         let (collapses, reclaimed) = (AtomicU64::new(0), AtomicU64::new(0));
         let seen = thread::scope(|s| {
             s.spawn(|| {
-                while !stop.load(SeqCst) {
-                    match mmu.collapse_huge_page(BASE) {
-                        Ok(CollapseOutcome::Collapsed) => {
-                            collapses.fetch_add(1, SeqCst);
-                        }
-                        Ok(_) | Err(Error::NotMapped { .. }) | Err(Error::OutOfFrames { .. }) => {
-                            thread::yield_now()
-                        }
-                        Err(e) => panic!("collapse_huge_page: {e}"),
+                common::until_stopped(&stop, || match mmu.collapse_huge_page(BASE) {
+                    Ok(CollapseOutcome::Collapsed) => {
+                        collapses.fetch_add(1, SeqCst);
                     }
-                }
+                    Ok(_) | Err(Error::NotMapped { .. }) | Err(Error::OutOfFrames { .. }) => {
+                        thread::yield_now()
+                    }
+                    Err(e) => panic!("collapse_huge_page: {e}"),
+                });
             });
             s.spawn(|| {
-                while !stop.load(SeqCst) {
+                common::until_stopped(&stop, || {
                     let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
                     reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
                     thread::sleep(Duration::from_micros(50));
-                }
+                });
             });
             s.spawn(|| {
                 let mut i = 0;
-                while !stop.load(SeqCst) {
+                common::until_stopped(&stop, || {
                     i += 1;
                     let _ = mmu.map_page(BASE + (i % 8) * PAGE_SIZE);
-                }
+                });
             });
             let walker = s.spawn(|| walk_until(&mmu, BASE, &stop, &tables, 1));
             stop_after_run(&stop, || {

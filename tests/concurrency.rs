@@ -22,6 +22,9 @@
 //! while it holds an RCU guard (`collapse_huge_page` waits for a grace period under the mmap
 //! write lock).
 
+mod common;
+
+use common::rng::Rng;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use typed_pgtable::mmu::{
@@ -44,23 +47,6 @@ fn stress_time() -> Duration {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
     Duration::from_millis(ms)
-}
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// What the walkers did.
@@ -120,8 +106,8 @@ fn walk_set(regions: &[u64]) -> Vec<u64> {
 }
 
 fn lockless_walker(mmu: &Mmu, vas: &[u64], c: &Counts, stop: &AtomicBool, mut rng: Rng) {
-    loop {
-        let va = vas[rng.below(vas.len())];
+    common::until_stopped(stop, || {
+        let va = vas[rng.index(vas.len())];
         {
             let guard = mmu.rcu_read_lock();
             if let Ok(Some(copy)) = mmu.pmd_copy_lockless(&guard, va) {
@@ -141,16 +127,13 @@ fn lockless_walker(mmu: &Mmu, vas: &[u64], c: &Counts, stop: &AtomicBool, mut rn
             }
         }
         c.lockless_walks.fetch_add(1, Relaxed);
-        if stop.load(Relaxed) {
-            break;
-        }
-    }
+    });
 }
 
 fn gup_walker(mmu: &Mmu, vas: &[u64], c: &Counts, stop: &AtomicBool, mut rng: Rng) {
-    loop {
-        let va = vas[rng.below(vas.len())];
-        let pins = mmu.gup_fast(va, 1 + rng.below(8)).unwrap();
+    common::until_stopped(stop, || {
+        let va = vas[rng.index(vas.len())];
+        let pins = mmu.gup_fast(va, 1 + rng.index(8)).unwrap();
         c.gup_calls.fetch_add(1, Relaxed);
         c.gup_pins.fetch_add(pins.len() as u64, Relaxed);
         for round in 0..2 {
@@ -167,10 +150,7 @@ fn gup_walker(mmu: &Mmu, vas: &[u64], c: &Counts, stop: &AtomicBool, mut rng: Rn
             }
         }
         drop(pins);
-        if stop.load(Relaxed) {
-            break;
-        }
-    }
+    });
 }
 
 /// `pte_offset_map_lock`, read, age a present PTE: allowed only because the lock is `Attached`.
@@ -195,8 +175,8 @@ fn locked_step(pmd: Option<PmdRef<'_, '_, Mmu, InTable>>, va: u64, c: &Counts) -
 }
 
 fn mmap_walker(mmu: &Mmu, vas: &[u64], c: &Counts, stop: &AtomicBool, mut rng: Rng) {
-    loop {
-        let va = vas[rng.below(vas.len())];
+    common::until_stopped(stop, || {
+        let va = vas[rng.index(vas.len())];
         {
             let mm = mmu.mmap_read_lock();
             if locked_step(mm.pmd_offset(va).unwrap(), va, c) {
@@ -204,15 +184,12 @@ fn mmap_walker(mmu: &Mmu, vas: &[u64], c: &Counts, stop: &AtomicBool, mut rng: R
             }
         }
         c.mmap_walks.fetch_add(1, Relaxed);
-        if stop.load(Relaxed) {
-            break;
-        }
-    }
+    });
 }
 
 fn vma_walker(mmu: &Mmu, vas: &[u64], c: &Counts, stop: &AtomicBool, mut rng: Rng) {
-    loop {
-        let va = vas[rng.below(vas.len())];
+    common::until_stopped(stop, || {
+        let va = vas[rng.index(vas.len())];
         let locked = match mmu.lock_vma_under_rcu(va) {
             Some(vg) => {
                 c.vma_walks.fetch_add(1, Relaxed);
@@ -227,10 +204,7 @@ fn vma_walker(mmu: &Mmu, vas: &[u64], c: &Counts, stop: &AtomicBool, mut rng: Rn
         if locked {
             c.vma_locked.fetch_add(1, Relaxed);
         }
-        if stop.load(Relaxed) {
-            break;
-        }
-    }
+    });
 }
 
 impl Counts {
@@ -248,9 +222,19 @@ impl Counts {
     }
 }
 
+/// One round of a refault thread: punch a hole at a random page of the first 64 of `r1` and
+/// fault it back, racing with the remover's steps.
+fn punch_and_refault(mmu: &Mmu, r1: u64, mut rng: Rng) -> impl FnMut() + Send + '_ {
+    move || {
+        let va = r1 + rng.below(64) * PAGE_SIZE;
+        mmu.madvise_dontneed(va, PAGE_SIZE, false).unwrap();
+        let _ = mmu.map_page(va);
+    }
+}
+
 /// Runs `remover` (and `refault`, if any) against the four walkers for the stress time, and
 /// then on until the walkers have all walked and `worked()` says the remover did its work
-/// (at most 10 s more). Both closures loop until the flag is set.
+/// (at most 10 s more). Both closures are one round, run until the flag is set.
 fn stress<R, F>(
     mmu: &Mmu,
     regions: &[u64],
@@ -259,8 +243,8 @@ fn stress<R, F>(
     refault: Option<F>,
 ) -> Counts
 where
-    R: FnOnce(&AtomicBool) + Send,
-    F: FnOnce(&AtomicBool) + Send,
+    R: FnMut() + Send,
+    F: FnMut() + Send,
 {
     let counts = Counts::default();
     let stop = AtomicBool::new(false);
@@ -272,9 +256,9 @@ where
         s.spawn(move || gup_walker(mmu, vas, c, stop, Rng(2)));
         s.spawn(move || mmap_walker(mmu, vas, c, stop, Rng(3)));
         s.spawn(move || vma_walker(mmu, vas, c, stop, Rng(4)));
-        s.spawn(move || remover(stop));
+        s.spawn(move || common::until_stopped(stop, remover));
         if let Some(refault) = refault {
-            s.spawn(move || refault(stop));
+            s.spawn(move || common::until_stopped(stop, refault));
         }
         std::thread::sleep(stress_time());
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -374,7 +358,7 @@ fn retract_vs_walkers() {
         &mmu,
         &[r1, r2, r3],
         || get(&khugepaged) > 0 && get(&simple) > 0 && get(&cows) > 0,
-        |stop| loop {
+        || {
             // r2 gets an anon_vma from CoW faults racing with this: B4.
             for r in [r1, r2] {
                 khugepaged.fetch_add(mmu.retract_page_tables(r).unwrap() as u64, Relaxed);
@@ -382,27 +366,19 @@ fn retract_vs_walkers() {
             if mmu.retract_pte_table(r3).is_ok() {
                 simple.fetch_add(1, Relaxed);
             }
-            if stop.load(Relaxed) {
-                break;
-            }
         },
-        Some(|stop: &AtomicBool| {
-            loop {
-                refill(&mmu, r1, 32);
-                refill(&mmu, r3, 32);
-                // A fresh file VMA (no anon_vma), file pages, then CoW faults.
-                mmu.mmap(r2, PMD_SIZE, VmaKind::File).unwrap();
-                refill(&mmu, r2, 8);
-                for i in 0..2 {
-                    if mmu.cow_fault(r2 + i * PAGE_SIZE).is_ok() {
-                        cows.fetch_add(1, Relaxed);
-                    }
-                }
-                mmu.munmap(r2, PMD_SIZE).unwrap();
-                if stop.load(Relaxed) {
-                    break;
+        Some(|| {
+            refill(&mmu, r1, 32);
+            refill(&mmu, r3, 32);
+            // A fresh file VMA (no anon_vma), file pages, then CoW faults.
+            mmu.mmap(r2, PMD_SIZE, VmaKind::File).unwrap();
+            refill(&mmu, r2, 8);
+            for i in 0..2 {
+                if mmu.cow_fault(r2 + i * PAGE_SIZE).is_ok() {
+                    cows.fetch_add(1, Relaxed);
                 }
             }
+            mmu.munmap(r2, PMD_SIZE).unwrap();
         }),
     );
     check_after(&mmu, &c, true);
@@ -435,7 +411,7 @@ fn collapse_pte_mapped_thp_vs_walkers() {
         &mmu,
         &[r1],
         || get(&collapsed) > 0,
-        |stop| loop {
+        || {
             match mmu.collapse_pte_mapped_thp(r1).unwrap() {
                 CollapseOutcome::Collapsed => {
                     collapsed.fetch_add(1, Relaxed);
@@ -447,22 +423,9 @@ fn collapse_pte_mapped_thp_vs_walkers() {
                     refill(&mmu, r1, 64);
                 }
             }
-            if stop.load(Relaxed) {
-                break;
-            }
         },
         // Holes punched and faulted back: faults race with the collapse's steps.
-        Some(|stop: &AtomicBool| {
-            let mut rng = Rng(7);
-            loop {
-                let va = r1 + rng.below(64) as u64 * PAGE_SIZE;
-                mmu.madvise_dontneed(va, PAGE_SIZE, false).unwrap();
-                let _ = mmu.map_page(va);
-                if stop.load(Relaxed) {
-                    break;
-                }
-            }
-        }),
+        Some(punch_and_refault(&mmu, r1, Rng(7))),
     );
     // THP subpages pinned through the huge pmd are freed by a later split and zap: see
     // ops.rs `pin_of_a_thp_subpage_survives_split_and_zap`; not asserted here.
@@ -491,7 +454,7 @@ fn collapse_huge_page_vs_walkers() {
         &mmu,
         &[r1],
         || get(&collapsed) > 0,
-        |stop| loop {
+        || {
             match mmu.collapse_huge_page(r1) {
                 Ok(CollapseOutcome::Collapsed) => {
                     collapsed.fetch_add(1, Relaxed);
@@ -505,21 +468,8 @@ fn collapse_huge_page_vs_walkers() {
                     refill(&mmu, r1, 64);
                 }
             }
-            if stop.load(Relaxed) {
-                break;
-            }
         },
-        Some(|stop: &AtomicBool| {
-            let mut rng = Rng(8);
-            loop {
-                let va = r1 + rng.below(64) as u64 * PAGE_SIZE;
-                mmu.madvise_dontneed(va, PAGE_SIZE, false).unwrap();
-                let _ = mmu.map_page(va);
-                if stop.load(Relaxed) {
-                    break;
-                }
-            }
-        }),
+        Some(punch_and_refault(&mmu, r1, Rng(8))),
     );
     check_after(&mmu, &c, false);
     let s = mmu.stats();
@@ -552,7 +502,7 @@ fn reclaim_vs_walkers() {
         &mmu,
         &regions,
         || get(&reclaimed) > 0 && get(&zapped) > 0,
-        |stop| loop {
+        || {
             for r in regions {
                 let z = mmu.madvise_dontneed(r, PMD_SIZE, true).unwrap();
                 reclaimed.fetch_add(z.tables_reclaimed, Relaxed);
@@ -563,18 +513,10 @@ fn reclaim_vs_walkers() {
                 .madvise_dontneed(regions[0] + PAGE_SIZE, 4 * PAGE_SIZE, true)
                 .unwrap();
             assert_eq!(z.tables_reclaimed, 0);
-            if stop.load(Relaxed) {
-                break;
-            }
         },
-        Some(|stop: &AtomicBool| {
-            loop {
-                for r in regions {
-                    refill(&mmu, r, 32);
-                }
-                if stop.load(Relaxed) {
-                    break;
-                }
+        Some(|| {
+            for r in regions {
+                refill(&mmu, r, 32);
             }
         }),
     );
@@ -605,9 +547,11 @@ fn split_vs_walkers() {
         &mmu,
         &[r1, r2],
         || outcomes.iter().all(|o| get(o) > 0),
-        |stop| {
+        {
             let mut round = 0u64;
-            loop {
+            let mmu = &mmu;
+            let outcomes = &outcomes;
+            move || {
                 for r in [r1, r2] {
                     // Empty the range split last round and free its table (the other region
                     // keeps its split table meanwhile, for the walkers).
@@ -620,17 +564,17 @@ fn split_vs_walkers() {
                     }
                     let expected = match round % 3 {
                         0 => {
-                            map_huge_now(&mmu, r, false);
+                            map_huge_now(mmu, r, false);
                             SplitOutcome::Split
                         }
                         1 => {
-                            map_huge_now(&mmu, r, true);
+                            map_huge_now(mmu, r, true);
                             SplitOutcome::ZeroSplit
                         }
                         _ => {
                             // The page is being migrated: the pmd becomes a migration entry
                             // and the mapping's reference goes with it.
-                            let head = map_huge_now(&mmu, r, false);
+                            let head = map_huge_now(mmu, r, false);
                             // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
                             unsafe { mmu.inject_pmd(r, migration_entry(0x1000 + round)) }.unwrap();
                             // SAFETY: the test gives up a reference that the injected entry no longer holds.
@@ -642,12 +586,9 @@ fn split_vs_walkers() {
                     outcomes[(round % 3) as usize].fetch_add(1, Relaxed);
                 }
                 round += 1;
-                if stop.load(Relaxed) {
-                    break;
-                }
             }
         },
-        None::<fn(&AtomicBool)>,
+        None::<fn()>,
     );
     // Pins of THP subpages: see ops.rs `pin_of_a_thp_subpage_survives_split_and_zap`.
     check_after(&mmu, &c, false);
@@ -676,17 +617,14 @@ fn munmap_vs_walkers() {
         &mmu,
         &regions,
         || get(&freed) > 0,
-        |stop| loop {
+        || {
             for r in regions {
                 freed.fetch_add(mmu.munmap(r, PMD_SIZE).unwrap() as u64, Relaxed);
                 mmu.mmap(r, PMD_SIZE, VmaKind::Anon).unwrap();
                 refill(&mmu, r, 32);
             }
-            if stop.load(Relaxed) {
-                break;
-            }
         },
-        None::<fn(&AtomicBool)>,
+        None::<fn()>,
     );
     check_after(&mmu, &c, true);
     let s = mmu.stats();
@@ -712,15 +650,12 @@ fn move_normal_pmd_vs_walkers() {
         &mmu,
         &[a, b],
         || get(&moves) > 0,
-        |stop| loop {
+        || {
             mmu.move_normal_pmd(a, b).unwrap();
             mmu.move_normal_pmd(b, a).unwrap();
             moves.fetch_add(2, Relaxed);
-            if stop.load(Relaxed) {
-                break;
-            }
         },
-        None::<fn(&AtomicBool)>,
+        None::<fn()>,
     );
     check_after(&mmu, &c, true);
     let s = mmu.stats();
@@ -768,7 +703,7 @@ fn vma_start_write_is_not_starved_by_readers() {
     let worst = std::thread::scope(|s| {
         for _ in 0..2 {
             s.spawn(|| {
-                while !stop.load(Relaxed) {
+                common::until_stopped(&stop, || {
                     if let Some(vg) = mmu.lock_vma_under_rcu(r1) {
                         let pmd = vg.pmd_offset(r1).unwrap().unwrap();
                         let pte = pte_offset_map_lock(&pmd, r1).unwrap();
@@ -777,7 +712,7 @@ fn vma_start_write_is_not_starved_by_readers() {
                         }
                         drop(pte);
                     }
-                }
+                });
             });
         }
         let writer = s.spawn(|| {

@@ -115,10 +115,10 @@ fn map_page_inside_a_read_section_racing_a_collapse_is_reported() {
     let collapser = {
         let (mmu, stop) = (mmu.clone(), stop.clone());
         thread::spawn(move || {
-            while !stop.load(SeqCst) {
+            common::until_stopped(&stop, || {
                 let _ = mmu.collapse_huge_page(A);
                 let _ = mmu.split_huge_pmd(A);
-            }
+            });
         })
     };
     let m = mmu.clone();

@@ -865,13 +865,7 @@ fn audit_clean_after_random_run() {
     })
     .unwrap();
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = common::rng::Rng(0x9e37_79b9_7f4a_7c15);
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
     std::thread::scope(|s| {
         let reader = s.spawn(|| {
@@ -886,7 +880,7 @@ fn audit_clean_after_random_run() {
             seen
         });
         for _ in 0..4000 {
-            let r = next();
+            let r = rng.next();
             let region = (r % REGIONS as u64) as usize;
             let idx = ((r >> 8) % PTE_IDX.len() as u64) as usize;
             let va = page_va(region, idx);

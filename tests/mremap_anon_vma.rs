@@ -30,7 +30,7 @@
 mod common;
 
 use common::{Stopwatch, assert_clean};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::AtomicBool;
 use std::thread;
 use std::time::Duration;
 use typed_pgtable::Error;
@@ -195,16 +195,16 @@ fn moves_vs_munmap_cow_and_retract() {
     let clock = Stopwatch::new(Duration::from_millis(800));
     thread::scope(|s| {
         s.spawn(|| {
-            while !stop.load(SeqCst) {
+            common::until_stopped(&stop, || {
                 if mmu.move_normal_pmd(A, S).is_ok() && mmu.move_normal_pmd(S, A).is_err() {
                     // The region was refaulted meanwhile: drop what was parked.
                     let _ = mmu.madvise_dontneed(S, PMD_SIZE, true);
                 }
-            }
+            });
         });
         s.spawn(|| {
             let mut i = 0u64;
-            while !stop.load(SeqCst) {
+            common::until_stopped(&stop, || {
                 i += 1;
                 let va = A + (i % 8) * PAGE_SIZE;
                 let _ = mmu.map_page(va);
@@ -213,13 +213,13 @@ fn moves_vs_munmap_cow_and_retract() {
                     mmu.munmap(A, PMD_SIZE).unwrap();
                     mmu.mmap(A, PMD_SIZE, VmaKind::File).unwrap();
                 }
-            }
+            });
         });
         s.spawn(|| {
-            while !stop.load(SeqCst) {
+            common::until_stopped(&stop, || {
                 let _ = mmu.retract_page_tables(A);
                 let _ = mmu.retract_page_tables(S);
-            }
+            });
         });
         clock.wait_then_stop(&stop, || mmu.stats().pmd_moves > 100);
     });

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod model;
+pub mod rng;
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::thread;
@@ -60,5 +61,14 @@ impl Stopwatch {
             thread::sleep(Duration::from_millis(5));
         }
         stop.store(true, SeqCst);
+    }
+}
+
+/// Runs `step` over and over until `stop` is set (checked before each round): the loop of
+/// every walker (lockless, GUP-fast, locked) and busy thread of the concurrent tests. Return
+/// from `step` to start the next round.
+pub fn until_stopped(stop: &AtomicBool, mut step: impl FnMut()) {
+    while !stop.load(SeqCst) {
+        step();
     }
 }

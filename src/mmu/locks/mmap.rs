@@ -5,7 +5,7 @@ use crate::bound::{OnItsThread, WalkBound};
 use crate::error::Error;
 use crate::mmu::Mmu;
 use crate::mmu::frames::{FrameKind, PmdSlot};
-use crate::mmu::lockdep::{self, How, LockClass};
+use crate::mmu::lockdep::{self, LockClass};
 use crate::provenance::{InTable, InstallLock, PmdRef, WalkLock};
 use core::marker::PhantomData;
 use core::panic::Location;
@@ -42,9 +42,9 @@ impl Mmu {
         &self,
         at: &'static Location<'static>,
     ) -> Result<MmapReadGuard<'_>, Error> {
-        self.lock_check(LockClass::Mmap, 0, How::Blocking, at)?;
-        let lock = self.mmap_lock.read().unwrap_or_else(|e| e.into_inner());
-        lockdep::acquired(self.rcu.id(), LockClass::Mmap, 0, at);
+        let lock = self.take_checked(LockClass::Mmap, at, || {
+            self.mmap_lock.read().unwrap_or_else(|e| e.into_inner())
+        })?;
         Ok(MmapReadGuard {
             mmu: self,
             _lock: OnItsThread(lock),
@@ -57,9 +57,9 @@ impl Mmu {
         &self,
         at: &'static Location<'static>,
     ) -> Result<MmapWriteGuard<'_>, Error> {
-        self.lock_check(LockClass::Mmap, 0, How::Blocking, at)?;
-        let lock = self.mmap_lock.write().unwrap_or_else(|e| e.into_inner());
-        lockdep::acquired(self.rcu.id(), LockClass::Mmap, 0, at);
+        let lock = self.take_checked(LockClass::Mmap, at, || {
+            self.mmap_lock.write().unwrap_or_else(|e| e.into_inner())
+        })?;
         Ok(MmapWriteGuard {
             mmu: self,
             _lock: OnItsThread(lock),

@@ -69,6 +69,21 @@ impl Mmu {
         lockdep::check(self.rcu.id(), class, instance, how, section, at)
     }
 
+    /// Takes a sleeping lock of `class` that the MMU has one of (the mmap lock, the rmap
+    /// lock) with `take`: checked before, recorded after; the lock checker's report as an
+    /// error.
+    fn take_checked<T>(
+        &self,
+        class: LockClass,
+        at: &'static Location<'static>,
+        take: impl FnOnce() -> T,
+    ) -> Result<T, Error> {
+        self.lock_check(class, 0, How::Blocking, at)?;
+        let lock = take();
+        lockdep::acquired(self.rcu.id(), class, 0, at);
+        Ok(lock)
+    }
+
     /// The install check of a walk lock of this MMU that covers `[start, end)`.
     pub(crate) fn install_covered(
         &self,

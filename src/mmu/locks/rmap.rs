@@ -6,7 +6,7 @@ use crate::bound::{OnItsThread, WalkBound};
 use crate::error::Error;
 use crate::mmu::Mmu;
 use crate::mmu::frames::PmdSlot;
-use crate::mmu::lockdep::{self, How, LockClass};
+use crate::mmu::lockdep::{self, LockClass};
 use crate::mmu::vma::{VmaInfo, VmaKind};
 use crate::provenance::{InTable, PmdRef, WalkLock};
 use core::marker::PhantomData;
@@ -42,9 +42,9 @@ impl Mmu {
         &self,
         at: &'static Location<'static>,
     ) -> Result<RmapReadGuard<'_>, Error> {
-        self.lock_check(LockClass::Rmap, 0, How::Blocking, at)?;
-        let lock = self.i_mmap.read().unwrap_or_else(|e| e.into_inner());
-        lockdep::acquired(self.rcu.id(), LockClass::Rmap, 0, at);
+        let lock = self.take_checked(LockClass::Rmap, at, || {
+            self.i_mmap.read().unwrap_or_else(|e| e.into_inner())
+        })?;
         Ok(RmapReadGuard {
             mmu: self,
             _lock: OnItsThread(lock),
@@ -57,9 +57,9 @@ impl Mmu {
         &self,
         at: &'static Location<'static>,
     ) -> Result<RmapWriteGuard<'_>, Error> {
-        self.lock_check(LockClass::Rmap, 0, How::Blocking, at)?;
-        let lock = self.i_mmap.write().unwrap_or_else(|e| e.into_inner());
-        lockdep::acquired(self.rcu.id(), LockClass::Rmap, 0, at);
+        let lock = self.take_checked(LockClass::Rmap, at, || {
+            self.i_mmap.write().unwrap_or_else(|e| e.into_inner())
+        })?;
         Ok(RmapWriteGuard {
             _mmu: self,
             _lock: OnItsThread(lock),
