@@ -366,19 +366,26 @@ mod tests {
     use std::thread;
     use std::vec::Vec;
 
-    fn counter(rcu: &Qsbr, n: &Arc<AtomicUsize>) {
+    /// Queues a callback that adds one to `n`.
+    fn count_into(rcu: &Qsbr, n: &Arc<AtomicUsize>) {
         let n = n.clone();
         rcu.call_rcu(Box::new(move || {
             n.fetch_add(1, Ordering::AcqRel);
         }));
     }
 
+    /// Queues a callback that counts its runs, and returns the count.
+    fn counter(rcu: &Qsbr) -> Arc<AtomicUsize> {
+        let n = Arc::new(AtomicUsize::new(0));
+        count_into(rcu, &n);
+        n
+    }
+
     #[test]
     fn callbacks_wait_for_sections_open_at_call_time_only() {
         let rcu = Qsbr::new();
-        let n = Arc::new(AtomicUsize::new(0));
         let old = rcu.read_lock();
-        counter(&rcu, &n);
+        let n = counter(&rcu);
         let young = rcu.read_lock(); // began after call_rcu: not waited for
         assert_eq!(rcu.quiescent(), 0);
         drop(old);
@@ -420,7 +427,7 @@ mod tests {
             })
         };
         rx.recv().unwrap();
-        counter(&rcu, &n);
+        count_into(&rcu, &n);
         rcu.rcu_barrier();
         assert_eq!(n.load(Ordering::Acquire), 1);
         reader.join().unwrap();
@@ -429,9 +436,8 @@ mod tests {
     #[test]
     fn leftover_callbacks_run_when_the_last_section_ends() {
         let rcu = Qsbr::new();
-        let n = Arc::new(AtomicUsize::new(0));
         let section = rcu.read_lock_raw();
-        counter(&rcu, &n);
+        let n = counter(&rcu);
         drop(rcu);
         assert_eq!(n.load(Ordering::Acquire), 0);
         drop(section);

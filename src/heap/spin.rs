@@ -31,13 +31,14 @@ use core::ops::{Deref, DerefMut};
 ///
 /// An all-zero `RawSpinLock` is a valid unlocked lock, so one can live in memory from
 /// `alloc_zeroed`.
+#[derive(Default, Debug)]
 #[repr(transparent)]
 pub struct RawSpinLock {
     locked: AtomicBool,
 }
 
 impl RawSpinLock {
-    /// An unlocked lock.
+    /// An unlocked lock (what `Default` gives too).
     pub const fn new() -> Self {
         RawSpinLock {
             locked: AtomicBool::new(false),
@@ -76,20 +77,6 @@ impl RawSpinLock {
     /// Whether some thread holds the lock now (a racy snapshot, for assertions).
     pub fn is_locked(&self) -> bool {
         self.locked.load(Ordering::Relaxed)
-    }
-}
-
-impl Default for RawSpinLock {
-    fn default() -> Self {
-        RawSpinLock::new()
-    }
-}
-
-impl fmt::Debug for RawSpinLock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawSpinLock")
-            .field("locked", &self.is_locked())
-            .finish()
     }
 }
 
@@ -174,13 +161,14 @@ const WRITER: usize = 1 << (usize::BITS - 1);
 /// A reader-writer spinlock (the `mmap_lock` of the heap backend). Readers share it; a writer
 /// excludes readers and other writers. Writers do not starve readers out and readers do not
 /// wait for a queued writer: the simplest lock that gives the exclusion.
+#[derive(Default, Debug)]
 pub struct RwSpinLock {
     /// [`WRITER`] if a writer holds the lock, else the number of readers.
     state: AtomicUsize,
 }
 
 impl RwSpinLock {
-    /// An unlocked lock.
+    /// An unlocked lock (what `Default` gives too).
     pub const fn new() -> Self {
         RwSpinLock {
             state: AtomicUsize::new(0),
@@ -228,20 +216,6 @@ impl RwSpinLock {
     /// The caller holds the lock exclusively.
     pub unsafe fn write_unlock(&self) {
         self.state.store(0, Ordering::Release);
-    }
-}
-
-impl Default for RwSpinLock {
-    fn default() -> Self {
-        RwSpinLock::new()
-    }
-}
-
-impl fmt::Debug for RwSpinLock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RwSpinLock")
-            .field("state", &self.state.load(Ordering::Relaxed))
-            .finish()
     }
 }
 

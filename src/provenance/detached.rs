@@ -4,7 +4,7 @@ use super::backend::{MapKind, PgtableBackend};
 use super::error::PgtableError;
 use super::lock::PteLocked;
 use super::map::PteMap;
-use super::marker::{Attached, DetachState, Detached, Fresh, InTable, Retired};
+use super::marker::{Attached, DetachState, Detached, Fresh, InTable, Retired, fmt_marked};
 use super::pmd::{PmdLockGuard, PmdRef};
 use super::walk::InstallLock;
 use crate::error::{NoMap, Rejected};
@@ -447,10 +447,7 @@ impl<B: PgtableBackend, S: DetachState> Drop for DetachedPmd<'_, B, S> {
 
 impl<B: PgtableBackend, S: DetachState> fmt::Debug for DetachedPmd<'_, B, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DetachedPmd")
-            .field("state", &core::any::type_name::<S>())
-            .field("pmdval", &self.pmdval)
-            .finish()
+        fmt_marked::<S>(f, "DetachedPmd", "state", "pmdval", &self.pmdval)
     }
 }
 

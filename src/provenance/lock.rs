@@ -4,7 +4,9 @@
 use super::backend::{MapKind, PgtableBackend};
 use super::error::PgtableError;
 use super::map::PteMap;
-use super::marker::{Access, Attached, CanWrite, InTable, ProvesProtection, ReadOnly, Unverified};
+use super::marker::{
+    Access, Attached, CanWrite, InTable, ProvesProtection, ReadOnly, Unverified, fmt_marked,
+};
 use super::pmd::PmdRef;
 use crate::error::{NoMap, Rejected};
 use core::fmt;
@@ -145,10 +147,7 @@ impl<B: PgtableBackend, A: Access> Drop for PteLocked<'_, B, A> {
 
 impl<B: PgtableBackend, A: Access> fmt::Debug for PteLocked<'_, B, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PteLocked")
-            .field("access", &core::any::type_name::<A>())
-            .field("map", &self.map)
-            .finish()
+        fmt_marked::<A>(f, "PteLocked", "access", "map", &self.map)
     }
 }
 
@@ -210,32 +209,61 @@ pub fn pte_unmap_unlock<B: PgtableBackend, A: Access>(pte: PteLocked<'_, B, A>) 
     drop(pte)
 }
 
-/// A map from `pte_offset_map_ro_nolock`: read it locklessly, or [`lock`](Self::lock) it for
-/// reads that are stable against writers. Never writable.
+/// A map from `pte_offset_map_ro_nolock` or `pte_offset_map_rw_nolock`: the table mapped, its
+/// lock not taken. Read it locklessly, or [`lock`](Self::lock) it for reads that are stable
+/// against writers; the lock comes in access state `A`:
+///
+/// | alias | `A` | writes after `lock` |
+/// |---|---|---|
+/// | [`PteRoNolock`] | [`ReadOnly`] | never |
+/// | [`PteRwNolock`] | [`Unverified`] | after [`PteLocked::revalidate`] |
+///
+/// # Invariants
+/// `A` is [`ReadOnly`] or [`Unverified`]: only the two constructors below make a value, and
+/// neither state lets the lock write before a `pmd_same` recheck.
 #[must_use = "dropping a PTE map unmaps it at once"]
-pub struct PteRoNolock<'a, B: PgtableBackend> {
+pub struct PteNolock<'a, B: PgtableBackend, A: Access> {
     map: PteMap<'a, B>,
+    _a: PhantomData<A>,
 }
 
-impl<'a, B: PgtableBackend> PteRoNolock<'a, B> {
-    /// Takes the table's lock (`spin_lock(ptl)`). The table may already be detached; the lock
-    /// gives exclusion against its writers, not attachment.
+/// A map from `pte_offset_map_ro_nolock`; its lock is [`ReadOnly`], never writable.
+pub type PteRoNolock<'a, B> = PteNolock<'a, B, ReadOnly>;
+
+/// A map from `pte_offset_map_rw_nolock`, with the pmd snapshot it was made from
+/// ([`PteMap::pmdval`]). Locking it gives an [`Unverified`] lock that can write only after
+/// [`PteLocked::revalidate`].
+pub type PteRwNolock<'a, B> = PteNolock<'a, B, Unverified>;
+
+impl<'a, B: PgtableBackend, A: Access> PteNolock<'a, B, A> {
+    /// Maps the table behind `pmd` without taking its lock.
     #[track_caller]
-    pub fn lock(self) -> PteLocked<'a, B, ReadOnly> {
+    fn open(pmd: &PmdRef<'_, 'a, B, InTable>, addr: u64, kind: MapKind) -> Result<Self, NoMap> {
+        Ok(PteNolock {
+            map: PteMap::open(pmd, addr, kind, true)?,
+            _a: PhantomData,
+        })
+    }
+
+    /// Takes the table's lock (`spin_lock(ptl)`). The table may already be detached; the lock
+    /// gives exclusion against its writers, not attachment: a [`ReadOnly`] lock never writes,
+    /// an [`Unverified`] one writes after a `revalidate`.
+    #[track_caller]
+    pub fn lock(self) -> PteLocked<'a, B, A> {
         PteLocked::lock(self.map)
     }
 }
 
-impl<'a, B: PgtableBackend> Deref for PteRoNolock<'a, B> {
+impl<'a, B: PgtableBackend, A: Access> Deref for PteNolock<'a, B, A> {
     type Target = PteMap<'a, B>;
     fn deref(&self) -> &PteMap<'a, B> {
         &self.map
     }
 }
 
-impl<B: PgtableBackend> fmt::Debug for PteRoNolock<'_, B> {
+impl<B: PgtableBackend, A: Access> fmt::Debug for PteNolock<'_, B, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("PteRoNolock").field(&self.map).finish()
+        fmt_marked::<A>(f, "PteNolock", "access", "map", &self.map)
     }
 }
 
@@ -249,37 +277,7 @@ pub fn pte_offset_map_ro_nolock<'a, B: PgtableBackend>(
     pmd: &PmdRef<'_, 'a, B, InTable>,
     addr: u64,
 ) -> Result<PteRoNolock<'a, B>, NoMap> {
-    Ok(PteRoNolock {
-        map: PteMap::open(pmd, addr, MapKind::RoNolock, true)?,
-    })
-}
-
-/// A map from `pte_offset_map_rw_nolock`, with the pmd snapshot it was made from. Locking it
-/// gives an [`Unverified`] lock that can write only after [`PteLocked::revalidate`].
-#[must_use = "dropping a PTE map unmaps it at once"]
-pub struct PteRwNolock<'a, B: PgtableBackend> {
-    map: PteMap<'a, B>,
-}
-
-impl<'a, B: PgtableBackend> PteRwNolock<'a, B> {
-    /// Takes the table's lock. Writes need a `revalidate` first.
-    #[track_caller]
-    pub fn lock(self) -> PteLocked<'a, B, Unverified> {
-        PteLocked::lock(self.map)
-    }
-}
-
-impl<'a, B: PgtableBackend> Deref for PteRwNolock<'a, B> {
-    type Target = PteMap<'a, B>;
-    fn deref(&self) -> &PteMap<'a, B> {
-        &self.map
-    }
-}
-
-impl<B: PgtableBackend> fmt::Debug for PteRwNolock<'_, B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("PteRwNolock").field(&self.map).finish()
-    }
+    PteNolock::open(pmd, addr, MapKind::RoNolock)
 }
 
 /// Maps the table of an in-table pmd, returns its lock unlocked and the pmd snapshot
@@ -308,7 +306,5 @@ pub fn pte_offset_map_rw_nolock<'a, B: PgtableBackend>(
     pmd: &PmdRef<'_, 'a, B, InTable>,
     addr: u64,
 ) -> Result<PteRwNolock<'a, B>, NoMap> {
-    Ok(PteRwNolock {
-        map: PteMap::open(pmd, addr, MapKind::RwNolock, true)?,
-    })
+    PteNolock::open(pmd, addr, MapKind::RwNolock)
 }

@@ -2,12 +2,32 @@
 
 use super::backend::{MapKind, PgtableBackend};
 use crate::bound::RcuBound;
+use core::fmt;
 use core::marker::PhantomData;
 
 pub(crate) mod sealed {
     pub trait Sealed {}
     pub trait SealedAccess {}
     pub trait SealedState {}
+}
+
+/// Defines zero-sized state markers that only this crate can build, each implementing the
+/// private `$seal` and the public trait `$tr` it seals (the `x86_64` crate's sealed-marker
+/// pattern, written once for every state family below).
+macro_rules! sealed_markers {
+    ($seal:path => $tr:ident: $($(#[$doc:meta])* $name:ident,)+) => {
+        $(
+            $(#[$doc])*
+            ///
+            /// Zero-sized; cannot be built outside this crate.
+            #[derive(Debug)]
+            pub struct $name {
+                _priv: (),
+            }
+            impl $seal for $name {}
+            impl $tr for $name {}
+        )+
+    };
 }
 
 /// Provenance of a pmd slot that lives inside a page table reached under a walk lock (case 3).
@@ -178,41 +198,24 @@ impl ProvesProtection for Detached {
 /// [`PteLocked`](super::PteLocked). Sealed.
 pub trait Access: sealed::SealedAccess {}
 
-/// Locked, and the pmd was seen unchanged under the lock: the table is installed and its
-/// entries are stable against other software writers. Writes allowed.
-#[derive(Debug)]
-pub struct Attached {
-    _priv: (),
-}
+sealed_markers! {
+    sealed::SealedAccess => Access:
 
-/// Locked, but nothing proves the table is still installed (a `rw_nolock` map before its
-/// `pmd_same` recheck, or a lock taken on a copied pmd). No writes until
-/// [`revalidate`](super::PteLocked::revalidate).
-#[derive(Debug)]
-pub struct Unverified {
-    _priv: (),
-}
+    /// Locked, and the pmd was seen unchanged under the lock: the table is installed and its
+    /// entries are stable against other software writers. Writes allowed.
+    Attached,
 
-/// Locked through `pte_offset_map_ro_nolock`: reads only, forever.
-#[derive(Debug)]
-pub struct ReadOnly {
-    _priv: (),
-}
+    /// Locked, but nothing proves the table is still installed (a `rw_nolock` map before its
+    /// `pmd_same` recheck, or a lock taken on a copied pmd). No writes until
+    /// [`revalidate`](super::PteLocked::revalidate).
+    Unverified,
 
-/// The holder owns the (detached) table. Writes allowed.
-#[derive(Debug)]
-pub struct Owned {
-    _priv: (),
-}
+    /// Locked through `pte_offset_map_ro_nolock`: reads only, forever.
+    ReadOnly,
 
-impl sealed::SealedAccess for Attached {}
-impl sealed::SealedAccess for Unverified {}
-impl sealed::SealedAccess for ReadOnly {}
-impl sealed::SealedAccess for Owned {}
-impl Access for Attached {}
-impl Access for Unverified {}
-impl Access for ReadOnly {}
-impl Access for Owned {}
+    /// The holder owns the (detached) table. Writes allowed.
+    Owned,
+}
 
 /// Access states that may write PTEs: [`Attached`] and [`Owned`].
 #[diagnostic::on_unimplemented(
@@ -228,22 +231,31 @@ impl CanWrite for Owned {}
 /// State of a detached table: the type parameter of [`DetachedPmd`](super::DetachedPmd). Sealed.
 pub trait DetachState: sealed::SealedState {}
 
-/// A table no walker can have seen: freshly allocated, or withdrawn from a deposit. It may be
-/// freed at once, deposited, or populated.
-#[derive(Debug)]
-pub struct Fresh {
-    _priv: (),
+sealed_markers! {
+    sealed::SealedState => DetachState:
+
+    /// A table no walker can have seen: freshly allocated, or withdrawn from a deposit. It may be
+    /// freed at once, deposited, or populated.
+    Fresh,
+
+    /// A table that was installed and has been unlinked: lockless readers that read the slot
+    /// before the unlink may still be inside it. It may be populated again or freed after a grace
+    /// period, never freed at once.
+    Retired,
 }
 
-/// A table that was installed and has been unlinked: lockless readers that read the slot before
-/// the unlink may still be inside it. It may be populated again or freed after a grace period,
-/// never freed at once.
-#[derive(Debug)]
-pub struct Retired {
-    _priv: (),
+/// Formats a value whose type carries the marker `M` as `name { kind: M, field: value }`: the
+/// `Debug` form of every proof- or state-carrying type (`PmdRef`, `PteLocked`, `PteNolock`,
+/// `DetachedPmd`), so that a printed value says which proof or state it holds.
+pub(crate) fn fmt_marked<M>(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    kind: &str,
+    field: &str,
+    value: &dyn fmt::Debug,
+) -> fmt::Result {
+    f.debug_struct(name)
+        .field(kind, &core::any::type_name::<M>())
+        .field(field, value)
+        .finish()
 }
-
-impl sealed::SealedState for Fresh {}
-impl sealed::SealedState for Retired {}
-impl DetachState for Fresh {}
-impl DetachState for Retired {}

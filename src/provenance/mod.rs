@@ -62,7 +62,7 @@ pub use detached::{
 };
 pub use error::PgtableError;
 pub use lock::{
-    PteLocked, PteRoNolock, PteRwNolock, pte_offset_map_lock, pte_offset_map_ro_nolock,
+    PteLocked, PteNolock, PteRoNolock, PteRwNolock, pte_offset_map_lock, pte_offset_map_ro_nolock,
     pte_offset_map_rw_nolock, pte_unmap_unlock,
 };
 pub use map::{PteMap, pte_offset_map, pte_offset_map_unprotected, pte_unmap};

@@ -2,7 +2,7 @@
 
 use super::backend::PgtableBackend;
 use super::error::PgtableError;
-use super::marker::{CopiedSource, CopiedUnderRcu, InTable, Provenance, Unprotected};
+use super::marker::{CopiedSource, CopiedUnderRcu, InTable, Provenance, Unprotected, fmt_marked};
 use crate::bound::SpinBound;
 use crate::rcu::RcuGuard;
 use core::fmt;
@@ -123,10 +123,7 @@ impl<'m, B: PgtableBackend> PmdRef<'m, 'm, B, Unprotected> {
 
 impl<B: PgtableBackend, P: Provenance> fmt::Debug for PmdRef<'_, '_, B, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PmdRef")
-            .field("provenance", &core::any::type_name::<P>())
-            .field("value", &self.pmd_val())
-            .finish()
+        fmt_marked::<P>(f, "PmdRef", "provenance", "value", &self.pmd_val())
     }
 }
 
