@@ -59,6 +59,20 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+/// `impl Default` as `<T>::new()`, for the types whose `new` takes no argument and whose
+/// default is exactly that (the RCU domains).
+macro_rules! default_is_new {
+    ($($t:ty),+ $(,)?) => {
+        $(
+            impl Default for $t {
+                fn default() -> Self {
+                    <$t>::new()
+                }
+            }
+        )+
+    };
+}
+
 pub mod bound;
 pub mod error;
 #[cfg(feature = "heap")]

@@ -230,11 +230,7 @@ impl Drop for Shared {
     }
 }
 
-impl Default for Qsbr {
-    fn default() -> Self {
-        Qsbr::new()
-    }
-}
+default_is_new!(Qsbr);
 
 impl fmt::Debug for Qsbr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

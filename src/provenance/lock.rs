@@ -162,17 +162,28 @@ impl<B: PgtableBackend, A: Access> fmt::Debug for PteLocked<'_, B, A> {
 /// # Errors
 /// A [`NoMap`] when there is no table (any more) behind the pmd.
 ///
+/// The lock an `InTable` pmd gives can write at once; the one a lockless copy gives must be
+/// revalidated against the slot first:
+///
 /// ```
-/// use typed_pgtable::mmu::{Mmu, MmuConfig, Pte};
-/// use typed_pgtable::provenance::pte_offset_map_lock;
+/// use typed_pgtable::mmu::{Mmu, MmuConfig};
+/// use typed_pgtable::provenance::{LocklessWalk, PgtableBackend, pte_offset_map_lock};
+/// use typed_pgtable::rcu::RcuDomain;
 ///
 /// let mmu = Mmu::new(MmuConfig::default())?;
 /// let pfn = mmu.map_page(0x1000)?;
 /// let mm = mmu.mmap_read_lock();
-/// let pmd = mm.pmd_offset(0x1000)?.unwrap();
-/// let pte = pte_offset_map_lock(&pmd, 0x1000).unwrap();
-/// pte.set_pte(0x1000, pte.ptep_get(0x1000).mkold());
-/// assert_eq!(pte.ptep_get(0x1000).pfn(), Some(pfn));
+/// let in_table = mm.pmd_offset(0x1000)?.unwrap();
+/// let attached = pte_offset_map_lock(&in_table, 0x1000).unwrap();
+/// attached.set_pte(0x1000, attached.ptep_get(0x1000).mkold())?;
+/// drop(attached);
+///
+/// let guard = mmu.rcu().read_lock();
+/// let copy = mmu.pmd_copy_lockless(&guard, 0x1000)?.unwrap();
+/// let unverified = pte_offset_map_lock(&copy, 0x1000).unwrap();
+/// assert_eq!(unverified.ptep_get(0x1000).pfn(), Some(pfn));
+/// let attached = unverified.revalidate(&in_table).map_err(|r| r.error)?;
+/// assert!(!attached.ptep_get_and_clear(0x1000).is_young());
 /// # Ok::<(), typed_pgtable::Error>(())
 /// ```
 #[track_caller]

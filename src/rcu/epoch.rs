@@ -228,11 +228,7 @@ impl EpochRcu {
     }
 }
 
-impl Default for EpochRcu {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+default_is_new!(EpochRcu);
 
 impl core::fmt::Debug for EpochRcu {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

@@ -169,11 +169,7 @@ impl TinyRcu {
     }
 }
 
-impl Default for TinyRcu {
-    fn default() -> Self {
-        TinyRcu::new()
-    }
-}
+default_is_new!(TinyRcu);
 
 impl fmt::Debug for TinyRcu {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -337,11 +333,7 @@ impl TinyRcuDomain {
     }
 }
 
-impl Default for TinyRcuDomain {
-    fn default() -> Self {
-        TinyRcuDomain::new()
-    }
-}
+default_is_new!(TinyRcuDomain);
 
 impl fmt::Debug for TinyRcuDomain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
