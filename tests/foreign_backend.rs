@@ -6,6 +6,7 @@
 //! 0 (none), `HUGE | n` (a huge leaf) or `n + 1` for table `n`; anything else is malformed. Its
 //! RCU domain is the crate's `EpochRcu`; a kernel would plug in its own.
 
+use spin::SpinLock;
 use std::boxed::Box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,9 @@ use typed_pgtable::provenance::{
     pte_offset_map_lock,
 };
 use typed_pgtable::rcu::{EpochRcu, RcuDomain, RcuGuard};
+
+#[path = "common/spin.rs"]
+mod spin;
 
 const SLOTS: usize = 4;
 const TABLES: usize = 4;
@@ -28,14 +32,14 @@ struct Slot(AtomicU64);
 #[derive(Default)]
 struct Table {
     ptes: [AtomicU64; PTES],
-    lock: AtomicBool,
+    lock: SpinLock,
     in_use: AtomicBool,
 }
 
 struct Toy {
     rcu: EpochRcu,
     slots: [Slot; SLOTS],
-    pml: AtomicBool,
+    pml: SpinLock,
     tables: Arc<[Table; TABLES]>,
     deposit: Mutex<Vec<usize>>,
 }
@@ -45,7 +49,7 @@ impl Toy {
         Toy {
             rcu: EpochRcu::new(),
             slots: std::array::from_fn(|_| Slot(AtomicU64::new(0))),
-            pml: AtomicBool::new(false),
+            pml: SpinLock::new(),
             tables: Arc::new(std::array::from_fn(|_| Table::default())),
             deposit: Mutex::new(Vec::new()),
         }
@@ -108,15 +112,6 @@ unsafe impl InstallLock<Toy> for ToyMm<'_> {
     }
 }
 
-fn spin(lock: &AtomicBool) {
-    while lock
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        std::thread::yield_now();
-    }
-}
-
 // SAFETY: tables are freed only by `pte_free_defer` (an RCU callback of `self.rcu`) or
 // `pte_free` (never published); table memory and locks live in an `Arc` as long as any
 // callback. Slots are cleared only by `pmdp_collapse_flush`, which the provenance layer calls
@@ -167,24 +162,22 @@ unsafe impl PgtableBackend for Toy {
         self.tables[*t].ptes[i].swap(0, Ordering::AcqRel)
     }
     unsafe fn pte_lock(&self, t: &usize) {
-        spin(&self.tables[*t].lock)
+        self.tables[*t].lock.lock()
     }
     unsafe fn pte_unlock(&self, t: &usize) {
-        self.tables[*t].lock.store(false, Ordering::Release)
+        self.tables[*t].lock.unlock()
     }
     unsafe fn pmd_lock(&self, _: &Slot) {
-        spin(&self.pml)
+        self.pml.lock()
     }
     unsafe fn pmd_trylock(&self, _: &Slot) -> bool {
-        self.pml
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        self.pml.try_lock()
     }
     unsafe fn same_pmd_lock(&self, _: &Slot, _: &Slot) -> bool {
         true
     }
     unsafe fn pmd_unlock(&self, _: &Slot) {
-        self.pml.store(false, Ordering::Release)
+        self.pml.unlock()
     }
     unsafe fn pmd_populate(&self, slot: &Slot, t: &usize) {
         slot.0.store(*t as u64 + 1, Ordering::Release)

@@ -25,44 +25,23 @@
 #![cfg(loom)]
 
 mod loom_common;
+#[path = "common/loom_threads.rs"]
+mod loom_threads;
+/// The split PTE lock: a test-and-set spinlock, as `mmu::spin::SpinLock`.
+#[path = "common/spin.rs"]
+mod spin;
 
 use loom::sync::Arc;
-use loom::thread;
-use loom_common::{Tally, check};
+use loom_common::Tally;
+use loom_threads::{Walkers, check_tallied};
+use spin::SpinLock;
 use typed_pgtable::rcu::tiny::TinyRcu;
-use typed_pgtable::sync::{AtomicBool, AtomicUsize, Ordering, UnsafeCell, yield_now};
+use typed_pgtable::sync::{AtomicUsize, Ordering, UnsafeCell};
 
 /// The contents of a live PTE table.
 const FILLED: u64 = 0x600d_600d;
 /// What a freed table holds (the in-memory MMU poisons freed frames the same way).
 const POISON: u64 = 0xdead_dead;
-
-/// The split PTE lock: a test-and-set spinlock, as `mmu::spin::SpinLock`.
-struct SpinLock {
-    locked: AtomicBool,
-}
-
-impl SpinLock {
-    fn new() -> Self {
-        SpinLock {
-            locked: AtomicBool::new(false),
-        }
-    }
-
-    fn lock(&self) {
-        while self
-            .locked
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            yield_now();
-        }
-    }
-
-    fn unlock(&self) {
-        self.locked.store(false, Ordering::Release);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // (a) Lockless walker vs retract with deferred free.
@@ -138,20 +117,15 @@ fn lockless_walker(s: &Retract, reader: usize, bug: FreeBug) -> usize {
 }
 
 fn model_a(name: &'static str, bug: FreeBug, walkers: usize) -> Tally {
-    let tally = Tally::default();
-    let t = tally.clone();
-    check(name, move || {
+    check_tallied(name, move |t| {
         let s = Arc::new(Retract {
             rcu: TinyRcu::new(),
             pmd: AtomicUsize::new(1),
             table: UnsafeCell::new([FILLED; 2]),
         });
-        let handles: Vec<_> = (0..walkers)
-            .map(|reader| {
-                let s = s.clone();
-                thread::spawn(move || lockless_walker(&s, reader, bug))
-            })
-            .collect();
+        let walkers = Walkers::spawn(&s, walkers, move |s, reader| {
+            lockless_walker(s, reader, bug)
+        });
         // The remover (single, so its PMD and PTE locks are implicit): pmdp_collapse_flush,
         // then pte_free_defer.
         s.pmd.store(0, Ordering::Release);
@@ -160,11 +134,10 @@ fn model_a(name: &'static str, bug: FreeBug, walkers: usize) -> Tally {
         }
         // SAFETY: the free whose ordering loom checks.
         s.table.with_mut(|p| unsafe { *p = [POISON; 2] });
-        for h in handles {
-            t.hit(h.join().unwrap());
+        for outcome in walkers.join() {
+            t.hit(outcome);
         }
-    });
-    tally
+    })
 }
 
 #[test]
@@ -357,20 +330,15 @@ fn map_lock_and_write(s: &Collapse, reader: usize, bug: LockBug) -> (usize, usiz
 }
 
 fn model_b(name: &'static str, bug: LockBug, lock: LockKind, walkers: usize) -> Tally {
-    let tally = Tally::default();
-    let t = tally.clone();
-    check(name, move || {
+    check_tallied(name, move |t| {
         let s = Arc::new(Collapse {
             rcu: TinyRcu::new(),
             pmd: AtomicUsize::new(1),
             tables: [PteTable::new(lock), PteTable::new(lock)],
         });
-        let handles: Vec<_> = (0..walkers)
-            .map(|reader| {
-                let s = s.clone();
-                thread::spawn(move || map_lock_and_write(&s, reader, bug))
-            })
-            .collect();
+        let walkers = Walkers::spawn(&s, walkers, move |s, reader| {
+            map_lock_and_write(s, reader, bug)
+        });
         // The remover (single, so the PMD lock is implicit): take the old table's PTE lock,
         // swap the slot to the replacement (filled before the threads started), mark the old
         // one detached, unlock, and free it after a grace period.
@@ -383,16 +351,14 @@ fn model_b(name: &'static str, bug: LockBug, lock: LockKind, walkers: usize) -> 
         s.rcu.synchronize();
         // SAFETY: the free whose ordering loom checks.
         old.entry.with_mut(|e| unsafe { *e = POISON });
-        for h in handles {
-            let (attempts, wrote) = h.join().unwrap();
+        for (attempts, wrote) in walkers.join() {
             assert!(attempts <= 2, "one retract caused {attempts} attempts");
             t.hit(wrote);
             if attempts > 1 {
                 t.hit(RETRIED);
             }
         }
-    });
-    tally
+    })
 }
 
 #[test]
@@ -473,32 +439,25 @@ const UNPUBLISHED: usize = 0;
 const PUBLISHED: usize = 1;
 
 fn model_c(name: &'static str, bug: PublishBug, walkers: usize) -> Tally {
-    let tally = Tally::default();
-    let t = tally.clone();
-    check(name, move || {
+    check_tallied(name, move |t| {
         let s = Arc::new(Publish {
             pmd: AtomicUsize::new(0),
             table: UnsafeCell::new([0; 2]),
         });
-        let handles: Vec<_> = (0..walkers)
-            .map(|_| {
-                let s = s.clone();
-                thread::spawn(move || {
-                    let order = if bug == PublishBug::RelaxedWalkerLoad {
-                        Ordering::Relaxed
-                    } else {
-                        Ordering::Acquire
-                    };
-                    if s.pmd.load(order) == 0 {
-                        return UNPUBLISHED;
-                    }
-                    // SAFETY: the read whose ordering loom checks.
-                    let entries = s.table.with(|p| unsafe { *p });
-                    assert_eq!(entries, [FILLED; 2], "walker saw an unfilled PTE table");
-                    PUBLISHED
-                })
-            })
-            .collect();
+        let walkers = Walkers::spawn(&s, walkers, move |s, _| {
+            let order = if bug == PublishBug::RelaxedWalkerLoad {
+                Ordering::Relaxed
+            } else {
+                Ordering::Acquire
+            };
+            if s.pmd.load(order) == 0 {
+                return UNPUBLISHED;
+            }
+            // SAFETY: the read whose ordering loom checks.
+            let entries = s.table.with(|p| unsafe { *p });
+            assert_eq!(entries, [FILLED; 2], "walker saw an unfilled PTE table");
+            PUBLISHED
+        });
         // The installer (pmd_populate): fill the fresh table, then publish it.
         // SAFETY: the writes whose ordering loom checks.
         let fill = || s.table.with_mut(|p| unsafe { *p = [FILLED; 2] });
@@ -516,11 +475,10 @@ fn model_c(name: &'static str, bug: PublishBug, walkers: usize) -> Tally {
                 s.pmd.store(1, Ordering::Release);
             }
         }
-        for h in handles {
-            t.hit(h.join().unwrap());
+        for outcome in walkers.join() {
+            t.hit(outcome);
         }
-    });
-    tally
+    })
 }
 
 #[test]

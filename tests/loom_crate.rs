@@ -60,10 +60,15 @@
 #![cfg(loom)]
 
 mod loom_common;
+#[path = "common/loom_threads.rs"]
+mod loom_threads;
+#[path = "common/spin.rs"]
+mod spin;
 
 use loom::sync::Arc;
-use loom::thread;
-use loom_common::{Tally, check};
+use loom_common::Tally;
+use loom_threads::{Walkers, check_tallied};
+use spin::SpinLock;
 use typed_pgtable::NoMap;
 use typed_pgtable::provenance::{
     DetachedPmd, InTable, InstallLock, MapKind, PgtableBackend, PgtableError, PmdRef, WalkLock,
@@ -71,7 +76,7 @@ use typed_pgtable::provenance::{
 };
 use typed_pgtable::rcu::RcuDomain;
 use typed_pgtable::rcu::tiny::TinyRcuDomain;
-use typed_pgtable::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering, UnsafeCell, yield_now};
+use typed_pgtable::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering, UnsafeCell};
 
 /// PTE tables in the pool.
 const TABLES: usize = 2;
@@ -98,7 +103,7 @@ struct Table {
     mem: UnsafeCell<u64>,
     ptes: [AtomicU64; PTES],
     /// The split PTE lock (`ptl`).
-    ptl: AtomicBool,
+    ptl: SpinLock,
     /// Claimed by `pte_alloc_one`; never given back, so a freed table is never reused and a
     /// late access always finds the poison.
     taken: AtomicBool,
@@ -109,7 +114,7 @@ impl Table {
         Table {
             mem: UnsafeCell::new(UNUSED),
             ptes: std::array::from_fn(|_| AtomicU64::new(0)),
-            ptl: AtomicBool::new(false),
+            ptl: SpinLock::new(),
             taken: AtomicBool::new(false),
         }
     }
@@ -155,7 +160,7 @@ struct LoomPgtable {
     rcu: TinyRcuDomain,
     slot: Slot,
     /// The PMD lock of the one PMD table.
-    pml: AtomicBool,
+    pml: SpinLock,
     tables: std::sync::Arc<Tables>,
     /// `pte_map` calls of kind [`MapKind::MapLock`] (std atomic, invisible to loom): how many
     /// attempts `pte_offset_map_lock` made, to show the retry path was explored.
@@ -168,7 +173,7 @@ impl LoomPgtable {
         LoomPgtable {
             rcu: TinyRcuDomain::new(),
             slot: Slot(AtomicUsize::new(0)),
-            pml: AtomicBool::new(false),
+            pml: SpinLock::new(),
             tables: std::sync::Arc::new(Tables(std::array::from_fn(|_| Table::new()))),
             map_locks: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -191,10 +196,7 @@ impl LoomPgtable {
         let table = self.table(t);
         table.touch(what);
         if kind != MapKind::Owned {
-            assert!(
-                table.ptl.load(Ordering::Relaxed),
-                "{what} without the PTE lock"
-            );
+            assert!(table.ptl.is_locked(), "{what} without the PTE lock");
             // Under the PTE lock the slot cannot stop naming the table (removal takes the
             // lock), so this load sees the slot's current value.
             assert_eq!(
@@ -203,16 +205,6 @@ impl LoomPgtable {
                 "{what} into a detached PTE table (the slot no longer names it)"
             );
         }
-    }
-}
-
-/// Takes a test-and-set spinlock.
-fn spin(lock: &AtomicBool) {
-    while lock
-        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        yield_now();
     }
 }
 
@@ -276,9 +268,6 @@ unsafe impl PgtableBackend for LoomPgtable {
     fn pmdp_get_lockless(&self, slot: &Slot) -> usize {
         slot.0.load(Ordering::Acquire)
     }
-    fn pmd_same(&self, a: &usize, b: &usize) -> bool {
-        a == b
-    }
     fn pmd_table(&self, pmd: &usize) -> Result<usize, NoMap> {
         match *pmd {
             0 => Err(NoMap::None),
@@ -325,43 +314,38 @@ unsafe impl PgtableBackend for LoomPgtable {
     unsafe fn pte_lock(&self, t: &usize) {
         let table = self.table(*t);
         table.touch("pte_lock");
-        spin(&table.ptl);
+        table.ptl.lock();
     }
     unsafe fn pte_unlock(&self, t: &usize) {
         let table = self.table(*t);
         table.touch("pte_unlock");
-        table.ptl.store(false, Ordering::Release);
+        table.ptl.unlock();
     }
     unsafe fn pmd_lock(&self, _: &Slot) {
-        spin(&self.pml);
+        self.pml.lock();
     }
     unsafe fn pmd_trylock(&self, _: &Slot) -> bool {
-        self.pml
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        self.pml.try_lock()
     }
     unsafe fn same_pmd_lock(&self, _: &Slot, _: &Slot) -> bool {
         true
     }
     unsafe fn pmd_unlock(&self, _: &Slot) {
-        self.pml.store(false, Ordering::Release);
+        self.pml.unlock();
     }
     unsafe fn pmd_populate(&self, slot: &Slot, t: &usize) {
-        assert!(
-            self.pml.load(Ordering::Relaxed),
-            "pmd_populate without the PMD lock"
-        );
+        assert!(self.pml.is_locked(), "pmd_populate without the PMD lock");
         slot.0.store(t + 1, Ordering::Release);
     }
     unsafe fn pmdp_collapse_flush(&self, slot: &Slot) -> usize {
         assert!(
-            self.pml.load(Ordering::Relaxed),
+            self.pml.is_locked(),
             "pmdp_collapse_flush without the PMD lock"
         );
         let old = slot.0.swap(0, Ordering::AcqRel);
         let t = self.pmd_table(&old).expect("the slot named a PTE table");
         assert!(
-            self.table(t).ptl.load(Ordering::Relaxed),
+            self.table(t).ptl.is_locked(),
             "pmdp_collapse_flush without the PTE lock"
         );
         old
@@ -478,26 +462,17 @@ fn race(
     locks: usize,
 ) -> Tally {
     assert!(walkers.len() * OUTCOMES <= RETRIED);
-    let tally = Tally::default();
-    let t = tally.clone();
-    check(name, move || {
+    check_tallied(name, move |t| {
         let b = Arc::new(setup());
-        let handles: Vec<_> = walkers
-            .iter()
-            .map(|&walker| {
-                let b = b.clone();
-                thread::spawn(move || walker(&b))
-            })
-            .collect();
+        let threads = Walkers::spawn(&b, walkers.len(), move |b, w| walkers[w](b));
         main(&b);
-        for (w, h) in handles.into_iter().enumerate() {
-            t.hit(w * OUTCOMES + h.join().unwrap());
+        for (w, outcome) in threads.join().into_iter().enumerate() {
+            t.hit(w * OUTCOMES + outcome);
         }
         if b.map_locks.load(std::sync::atomic::Ordering::Relaxed) > locks {
             t.hit(RETRIED);
         }
-    });
-    tally
+    })
 }
 
 /// Case 3: `pte_offset_map` on an `InTable` pmd, which opens its own RCU section before it

@@ -156,59 +156,91 @@ unsafe impl PgtableBackend for HeapPgtable {
     }
 }
 
-/// The mm lock held shared (`mmap_read_lock`): walks, locks, retracts and installs.
+/// The mm lock held until the value drops: shared (`mmap_read_lock`) or, if `EXCLUSIVE`,
+/// exclusively (`mmap_write_lock`). The state both walk locks wrap.
 ///
 /// # Invariants
-/// `heap.mm` is held shared until the value drops.
-#[must_use = "the mm lock is released as soon as the guard is dropped"]
-pub struct HeapMm<'h> {
+/// `heap.mm` is held (exclusively if `EXCLUSIVE`) until the value drops.
+struct MmHeld<'h, const EXCLUSIVE: bool> {
     heap: &'h HeapPgtable,
     _not_send: PhantomData<*const ()>,
 }
 
-impl<'h> HeapMm<'h> {
-    pub(super) fn new(heap: &'h HeapPgtable) -> Self {
-        heap.mm.read();
+impl<'h, const EXCLUSIVE: bool> MmHeld<'h, EXCLUSIVE> {
+    fn new(heap: &'h HeapPgtable) -> Self {
+        if EXCLUSIVE {
+            heap.mm.write();
+        } else {
+            heap.mm.read();
+        }
         // INVARIANT: taken just above.
-        HeapMm {
+        MmHeld {
             heap,
             _not_send: PhantomData,
         }
     }
-
-    /// The `InTable` slot for `addr` (`pmd_offset`, the provided walk of [`WalkLock`]), or
-    /// `None` outside the span.
-    pub fn pmd_offset(&self, addr: u64) -> Option<PmdRef<'h, '_, HeapPgtable, InTable>> {
-        WalkLock::pmd_offset(self, addr).ok().flatten()
-    }
 }
 
-// SAFETY: the slot is in the root table, which stays attached and alive as long as the
-// backend, and so while the lock is borrowed; the token is `!Send` (raw-pointer marker).
-unsafe impl<'h> WalkLock<'h, HeapPgtable> for HeapMm<'h> {
-    type Error = PgtableError;
-
-    fn backend(&self) -> &'h HeapPgtable {
-        self.heap
-    }
-
-    fn pmd_slot(&self, addr: u64) -> Result<Option<&PmdSlot>, PgtableError> {
-        Ok(self.heap.pmd_slot(addr))
-    }
-}
-
-impl Drop for HeapMm<'_> {
+impl<const EXCLUSIVE: bool> Drop for MmHeld<'_, EXCLUSIVE> {
     fn drop(&mut self) {
-        // SAFETY: held shared (type invariant), released once.
-        unsafe { self.heap.mm.read_unlock() }
+        if EXCLUSIVE {
+            // SAFETY: held exclusively (type invariant), released once.
+            unsafe { self.heap.mm.write_unlock() }
+        } else {
+            // SAFETY: held shared (type invariant), released once.
+            unsafe { self.heap.mm.read_unlock() }
+        }
     }
 }
+
+/// What both guards of the mm lock have alike: the constructor, which takes the lock in the
+/// guard's mode, `pmd_offset`, and [`WalkLock`] over the root table. A macro because a trait
+/// impl is written once per type.
+macro_rules! mm_lock_guard {
+    ($guard:ident) => {
+        impl<'h> $guard<'h> {
+            pub(super) fn new(heap: &'h HeapPgtable) -> Self {
+                $guard(MmHeld::new(heap))
+            }
+
+            /// The `InTable` slot for `addr` (`pmd_offset`, the provided walk of [`WalkLock`]),
+            /// or `None` outside the span; borrows the lock shared.
+            pub fn pmd_offset(&self, addr: u64) -> Option<PmdRef<'h, '_, HeapPgtable, InTable>> {
+                WalkLock::pmd_offset(self, addr).ok().flatten()
+            }
+        }
+
+        // SAFETY: the slot is in the root table, which stays attached and alive as long as the
+        // backend, and so while the lock is borrowed; the token is `!Send` (raw-pointer marker
+        // of `MmHeld`).
+        unsafe impl<'h> WalkLock<'h, HeapPgtable> for $guard<'h> {
+            type Error = PgtableError;
+
+            fn backend(&self) -> &'h HeapPgtable {
+                self.0.heap
+            }
+
+            fn pmd_slot(&self, addr: u64) -> Result<Option<&PmdSlot>, PgtableError> {
+                Ok(self.0.heap.pmd_slot(addr))
+            }
+        }
+    };
+}
+
+/// The mm lock held shared (`mmap_read_lock`): walks, locks, retracts and installs.
+///
+/// # Invariants
+/// `heap.mm` is held shared until the value drops (the invariant of `MmHeld`).
+#[must_use = "the mm lock is released as soon as the guard is dropped"]
+pub struct HeapMm<'h>(MmHeld<'h, false>);
+
+mm_lock_guard!(HeapMm);
 
 // SAFETY: `Ok` only for this lock's own backend and one of its slots; while the mm lock is held
 // shared no `HeapMmExclusive` (the only exclusivity remover) exists.
 unsafe impl InstallLock<HeapPgtable> for HeapMm<'_> {
     fn allows_install(&self, backend: &HeapPgtable, slot: &PmdSlot) -> Result<(), PgtableError> {
-        let ours = ptr::eq(self.heap, backend) && backend.root.index_of(slot).is_some();
+        let ours = ptr::eq(self.0.heap, backend) && backend.root.index_of(slot).is_some();
         if ours {
             Ok(())
         } else {
@@ -222,41 +254,11 @@ unsafe impl InstallLock<HeapPgtable> for HeapMm<'_> {
 /// Lockless walkers may still read; cleared tables are `Retired` and freed after a grace period.
 ///
 /// # Invariants
-/// `heap.mm` is held exclusively until the value drops.
+/// `heap.mm` is held exclusively until the value drops (the invariant of `MmHeld`).
 #[must_use = "the mm lock is released as soon as the guard is dropped"]
-pub struct HeapMmExclusive<'h> {
-    heap: &'h HeapPgtable,
-    _not_send: PhantomData<*const ()>,
-}
+pub struct HeapMmExclusive<'h>(MmHeld<'h, true>);
 
-impl<'h> HeapMmExclusive<'h> {
-    pub(super) fn new(heap: &'h HeapPgtable) -> Self {
-        heap.mm.write();
-        // INVARIANT: taken just above.
-        HeapMmExclusive {
-            heap,
-            _not_send: PhantomData,
-        }
-    }
-
-    /// The holder's own `InTable` walk; borrows the proof shared.
-    pub fn pmd_offset(&self, addr: u64) -> Option<PmdRef<'h, '_, HeapPgtable, InTable>> {
-        WalkLock::pmd_offset(self, addr).ok().flatten()
-    }
-}
-
-// SAFETY: as for `HeapMm`: the root table lives as long as the backend.
-unsafe impl<'h> WalkLock<'h, HeapPgtable> for HeapMmExclusive<'h> {
-    type Error = PgtableError;
-
-    fn backend(&self) -> &'h HeapPgtable {
-        self.heap
-    }
-
-    fn pmd_slot(&self, addr: u64) -> Result<Option<&PmdSlot>, PgtableError> {
-        Ok(self.heap.pmd_slot(addr))
-    }
-}
+mm_lock_guard!(HeapMmExclusive);
 
 // SAFETY: the slots come from the root table, which lives as long as the backend (and so
 // longer than any read section of its domain).
@@ -270,22 +272,16 @@ unsafe impl LocklessWalk for HeapPgtable {
     }
 }
 
-impl Drop for HeapMmExclusive<'_> {
-    fn drop(&mut self) {
-        // SAFETY: held exclusively (type invariant), released once.
-        unsafe { self.heap.mm.write_unlock() }
-    }
-}
-
 // SAFETY: while the value lives the mm lock is held exclusively, so no `HeapMm` (the only other
 // source of `InTable` slots and thus of PMD-lock removers) exists; the value is `!Send` and
 // `!Sync` (raw-pointer marker); covered slots are in the root table, alive while `heap` is.
 unsafe impl<'h> ExclusiveAccess<'h, HeapPgtable> for HeapMmExclusive<'h> {
     fn backend(&self) -> &'h HeapPgtable {
-        self.heap
+        self.0.heap
     }
     fn covered_slot(&self, addr: u64) -> Result<Option<&PmdSlot>, PgtableError> {
-        self.heap
+        self.0
+            .heap
             .pmd_slot(addr)
             .map(Some)
             .ok_or(PgtableError::NoSlot { addr })
