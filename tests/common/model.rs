@@ -451,6 +451,17 @@ impl Op {
             }
         }
     }
+
+    /// `[start, end)` of an op on a page range (`MadviseDontneed`, `Munmap`), by [`range_of`].
+    pub fn range(&self) -> (u64, u64) {
+        match *self {
+            Op::MadviseDontneed {
+                slot, first, pages, ..
+            }
+            | Op::Munmap { slot, first, pages } => range_of(slot, first, pages),
+            _ => panic!("{self:?} has no page range"),
+        }
+    }
 }
 
 /// `MapPage` → `map_page`.
@@ -659,20 +670,31 @@ impl Model {
         Ok(data)
     }
 
+    /// Every mapping of data (the zero pages excepted), as `(pfn, folio, frames)`: a page a PTE
+    /// maps is one frame of its folio (or its own folio), a huge pmd maps all 512 frames of
+    /// the folio it heads.
+    fn data_mappings(&self) -> Vec<(u64, u64, u64)> {
+        let mut out = Vec::new();
+        for pmd in &self.slots {
+            match pmd {
+                Pmd::Table(t) => out.extend(
+                    t.values()
+                        .filter(|p| p.kind != Kind::Zero)
+                        .map(|p| (p.pfn, p.folio.unwrap_or(p.pfn), 1)),
+                ),
+                Pmd::Huge { pfn, zero: false } => out.push((*pfn, *pfn, PTES)),
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// The references each folio (keyed by its head, or the page itself) must hold: one per
     /// PTE that maps one of its pages, one for a huge pmd.
     pub fn folio_refs(&self) -> BTreeMap<u64, u32> {
         let mut refs = BTreeMap::new();
-        for pmd in &self.slots {
-            match pmd {
-                Pmd::Table(t) => {
-                    for p in t.values().filter(|p| p.kind != Kind::Zero) {
-                        *refs.entry(p.folio.unwrap_or(p.pfn)).or_default() += 1;
-                    }
-                }
-                Pmd::Huge { pfn, zero: false } => *refs.entry(*pfn).or_default() += 1,
-                _ => {}
-            }
+        for (_, folio, _) in self.data_mappings() {
+            *refs.entry(folio).or_default() += 1;
         }
         refs
     }
@@ -680,18 +702,8 @@ impl Model {
     /// The folio of every mapped frame (the zero pages excepted).
     pub fn folios(&self) -> BTreeMap<u64, u64> {
         let mut folios = BTreeMap::new();
-        for pmd in &self.slots {
-            match pmd {
-                Pmd::Table(t) => {
-                    for p in t.values().filter(|p| p.kind != Kind::Zero) {
-                        folios.insert(p.pfn, p.folio.unwrap_or(p.pfn));
-                    }
-                }
-                Pmd::Huge { pfn, zero: false } => {
-                    folios.extend((*pfn..pfn + PTES).map(|f| (f, *pfn)));
-                }
-                _ => {}
-            }
+        for (pfn, folio, frames) in self.data_mappings() {
+            folios.extend((pfn..pfn + frames).map(|f| (f, folio)));
         }
         folios
     }
@@ -1022,18 +1034,13 @@ impl Model {
                     },
                 );
             }
-            Op::MadviseDontneed {
-                slot,
-                first,
-                pages,
-                reclaim,
-            } => {
-                let (start, end) = range_of(slot, first, pages);
+            Op::MadviseDontneed { reclaim, .. } => {
+                let (start, end) = op.range();
                 let st = self.zap(start, end, reclaim, ck)?;
                 ck.expect(Res::Zap(Ok(st)))?;
             }
-            Op::Munmap { slot, first, pages } => {
-                let (start, end) = range_of(slot, first, pages);
+            Op::Munmap { .. } => {
+                let (start, end) = op.range();
                 let overlaps = |r: usize| SLOT_VA[r] < end && start < SLOT_VA[r] + PMD_SIZE;
                 // detach_range: a VMA that straddles an edge fails the whole call.
                 if let Some(r) = (0..SLOTS).find(|&r| {
@@ -1161,17 +1168,12 @@ pub fn call(mmu: &Mmu, model: &Model, op: &Op) -> Res {
             Res::Collapse(mmu.collapse_huge_page(SLOT_VA[slot] + off))
         }
         Op::CowFault { slot, idx } => Res::Pfn(mmu.cow_fault(page_va(slot, idx))),
-        Op::MadviseDontneed {
-            slot,
-            first,
-            pages,
-            reclaim,
-        } => {
-            let (start, end) = range_of(slot, first, pages);
+        Op::MadviseDontneed { reclaim, .. } => {
+            let (start, end) = op.range();
             Res::Zap(mmu.madvise_dontneed(start, end - start, reclaim))
         }
-        Op::Munmap { slot, first, pages } => {
-            let (start, end) = range_of(slot, first, pages);
+        Op::Munmap { .. } => {
+            let (start, end) = op.range();
             Res::Num(mmu.munmap(start, end - start))
         }
         Op::Mmap { slot } => Res::Unit(mmu.mmap(SLOT_VA[slot], PMD_SIZE, KINDS[slot])),
