@@ -50,82 +50,120 @@ fn populated() -> Mmu {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The refused calls
+// ---------------------------------------------------------------------------------------------
+
+use Call::*;
+
+/// A call of the MMU that takes one address: the rows of the refusal tables below.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    MapPage,
+    UnmapPage,
+    MapHuge,
+    UnmapHuge,
+    RetractPteTable,
+    Translate,
+    /// The locked walk: `pmd_offset` under the mmap read lock.
+    PmdOffset,
+    /// The lockless walk: `pmd_copy_lockless` in an RCU read section.
+    PmdCopyLockless,
+}
+
+impl Call {
+    /// Runs the call at `va`; on success, what it returned, as text.
+    fn run(self, mmu: &Mmu, va: u64) -> Result<String, Error> {
+        fn shown<T: std::fmt::Debug>(r: Result<T, Error>) -> Result<String, Error> {
+            r.map(|v| format!("{v:?}"))
+        }
+        match self {
+            Call::MapPage => shown(mmu.map_page(va)),
+            Call::UnmapPage => shown(mmu.unmap_page(va)),
+            Call::MapHuge => shown(mmu.map_huge(va)),
+            Call::UnmapHuge => shown(mmu.unmap_huge(va)),
+            Call::RetractPteTable => shown(mmu.retract_pte_table(va)),
+            Call::Translate => shown(mmu.translate(va)),
+            Call::PmdOffset => {
+                let mm = mmu.mmap_read_lock();
+                shown(mm.pmd_offset(va).map(|p| p.is_some()))
+            }
+            Call::PmdCopyLockless => {
+                let guard = mmu.rcu_read_lock();
+                shown(mmu.pmd_copy_lockless(&guard, va).map(|p| p.is_some()))
+            }
+        }
+    }
+}
+
+/// Every call of `calls` at every address of `vas` fails with `expected(va)` and leaves the
+/// MMU unchanged; a failure names the call and the address.
+#[track_caller]
+fn refused(mmu: &Mmu, calls: &[Call], vas: &[u64], expected: impl Fn(u64) -> Error) {
+    for &va in vas {
+        for &call in calls {
+            let got = unchanged(mmu, |m| call.run(m, va));
+            assert_eq!(got, Err(expected(va)), "{call:?} at {va:#x}");
+        }
+    }
+}
+
+/// The errors that carry only the address, as `refused` expects them.
+fn non_canonical(addr: u64) -> Error {
+    Error::NonCanonical { addr }
+}
+fn already_mapped(addr: u64) -> Error {
+    Error::AlreadyMapped { addr }
+}
+fn not_mapped(addr: u64) -> Error {
+    Error::NotMapped { addr }
+}
+fn huge_in_the_way(addr: u64) -> Error {
+    Error::HugeInTheWay { addr }
+}
+fn table_in_the_way(addr: u64) -> Error {
+    Error::TableInTheWay { addr }
+}
+
+/// `Misaligned` for a call that wants `align`.
+fn misaligned(align: u64) -> impl Fn(u64) -> Error {
+    move |addr| Error::Misaligned { addr, align }
+}
+
+// ---------------------------------------------------------------------------------------------
 // NonCanonical
 // ---------------------------------------------------------------------------------------------
 
 const NON_CANONICAL: u64 = 0x0000_8000_0000_0000;
 
-#[test]
-fn non_canonical_map_page() {
+/// The default MMU (the full 47-bit space) with one page mapped.
+fn full_range_with_a_page() -> Mmu {
     let mmu = Mmu::new(MmuConfig::default()).unwrap();
     mmu.map_page(0x1000).unwrap();
-    let err = unchanged(&mmu, |m| m.map_page(NON_CANONICAL)).unwrap_err();
-    assert_eq!(
-        err,
-        Error::NonCanonical {
-            addr: NON_CANONICAL
-        }
-    );
+    mmu
+}
+
+#[test]
+fn non_canonical_map_page() {
+    let mmu = full_range_with_a_page();
     let high = 0x1234_0000_0000_0000;
-    let err = unchanged(&mmu, |m| m.map_page(high)).unwrap_err();
-    assert_eq!(err, Error::NonCanonical { addr: high });
+    let vas = [NON_CANONICAL, high];
+    refused(&mmu, &[MapPage], &vas, non_canonical);
 }
 
 #[test]
 fn non_canonical_translate_and_others() {
-    let mmu = Mmu::new(MmuConfig::default()).unwrap();
-    mmu.map_page(0x1000).unwrap();
-    assert_eq!(
-        unchanged(&mmu, |m| m.translate(NON_CANONICAL)),
-        Err(Error::NonCanonical {
-            addr: NON_CANONICAL
-        })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_page(NON_CANONICAL)),
-        Err(Error::NonCanonical {
-            addr: NON_CANONICAL
-        })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(NON_CANONICAL)),
-        Err(Error::NonCanonical {
-            addr: NON_CANONICAL
-        })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_huge(NON_CANONICAL)),
-        Err(Error::NonCanonical {
-            addr: NON_CANONICAL
-        })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.retract_pte_table(NON_CANONICAL)),
-        Err(Error::NonCanonical {
-            addr: NON_CANONICAL
-        })
-    );
-    // Walks check the address too.
-    let err = unchanged(&mmu, |m| {
-        let mm = m.mmap_read_lock();
-        mm.pmd_offset(NON_CANONICAL).map(|p| p.is_some())
-    });
-    assert_eq!(
-        err,
-        Err(Error::NonCanonical {
-            addr: NON_CANONICAL
-        })
-    );
-    let err = unchanged(&mmu, |m| {
-        let g = m.rcu_read_lock();
-        m.pmd_copy_lockless(&g, NON_CANONICAL).map(|p| p.is_some())
-    });
-    assert_eq!(
-        err,
-        Err(Error::NonCanonical {
-            addr: NON_CANONICAL
-        })
-    );
+    let mmu = full_range_with_a_page();
+    let calls = [
+        Translate,
+        UnmapPage,
+        MapHuge,
+        UnmapHuge,
+        RetractPteTable,
+        // Walks check the address too.
+        PmdOffset,
+        PmdCopyLockless,
+    ];
+    refused(&mmu, &calls, &[NON_CANONICAL], non_canonical);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -135,54 +173,26 @@ fn non_canonical_translate_and_others() {
 #[test]
 fn misaligned_map_page() {
     let mmu = populated();
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_page(0x1001)),
-        Err(Error::Misaligned {
-            addr: 0x1001,
-            align: PAGE_SIZE
-        })
-    );
     // Misaligned takes precedence over "already mapped" (0x1000 is mapped).
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_page(0x1800)),
-        Err(Error::Misaligned {
-            addr: 0x1800,
-            align: PAGE_SIZE
-        })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_page(0x1008)),
-        Err(Error::Misaligned {
-            addr: 0x1008,
-            align: PAGE_SIZE
-        })
-    );
+    refused(&mmu, &[MapPage], &[0x1001, 0x1800], misaligned(PAGE_SIZE));
+    refused(&mmu, &[UnmapPage], &[0x1008], misaligned(PAGE_SIZE));
 }
 
 #[test]
 fn misaligned_map_huge() {
     let mmu = populated();
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(0x1000)),
-        Err(Error::Misaligned {
-            addr: 0x1000,
-            align: PMD_SIZE
-        })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(PMD_SIZE + 0x20_0000 / 2)),
-        Err(Error::Misaligned {
-            addr: PMD_SIZE + PMD_SIZE / 2,
-            align: PMD_SIZE
-        })
+    refused(
+        &mmu,
+        &[MapHuge],
+        &[0x1000, PMD_SIZE + PMD_SIZE / 2],
+        misaligned(PMD_SIZE),
     );
     // The huge page at 2 MiB * 2 is mapped; an address inside it is still just misaligned.
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_huge(2 * PMD_SIZE + PAGE_SIZE)),
-        Err(Error::Misaligned {
-            addr: 2 * PMD_SIZE + PAGE_SIZE,
-            align: PMD_SIZE
-        })
+    refused(
+        &mmu,
+        &[UnmapHuge],
+        &[2 * PMD_SIZE + PAGE_SIZE],
+        misaligned(PMD_SIZE),
     );
 }
 
@@ -194,33 +204,18 @@ fn misaligned_map_huge() {
 fn out_of_range() {
     let mmu = populated();
     let limit = 4 * PMD_SIZE;
-    for va in [limit, limit + PAGE_SIZE, 1 << 40] {
-        let expected = Err(Error::OutOfRange { addr: va, limit });
-        assert_eq!(unchanged(&mmu, |m| m.map_page(va)), expected);
-        assert_eq!(unchanged(&mmu, |m| m.unmap_page(va)), expected);
-        assert_eq!(unchanged(&mmu, |m| m.translate(va)), expected.map(|_| None));
-    }
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(limit)),
-        Err(Error::OutOfRange { addr: limit, limit })
+    let out_of_range = |addr| Error::OutOfRange { addr, limit };
+    let small = [MapPage, UnmapPage, Translate];
+    refused(
+        &mmu,
+        &small,
+        &[limit, limit + PAGE_SIZE, 1 << 40],
+        out_of_range,
     );
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_huge(limit)),
-        Err(Error::OutOfRange { addr: limit, limit })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.retract_pte_table(limit)),
-        Err(Error::OutOfRange { addr: limit, limit })
-    );
+    let huge = [MapHuge, UnmapHuge, RetractPteTable];
+    refused(&mmu, &huge, &[limit], out_of_range);
     // A canonical upper-half (kernel) address is out of range, not non-canonical.
-    let kernel = 0xffff_8000_0000_0000;
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_page(kernel)),
-        Err(Error::OutOfRange {
-            addr: kernel,
-            limit
-        })
-    );
+    refused(&mmu, &[MapPage], &[0xffff_8000_0000_0000], out_of_range);
     // The last page below the limit is fine.
     assert_eq!(mmu.translate(limit - PAGE_SIZE), Ok(None));
     mmu.map_page(limit - PAGE_SIZE).unwrap();
@@ -234,10 +229,9 @@ fn out_of_range() {
 fn already_mapped_page() {
     let mmu = populated();
     let pfn = mmu.translate(0x1000).unwrap().unwrap() >> 12;
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_page(0x1000)),
-        Err(Error::AlreadyMapped { addr: 0x1000 })
-    );
+    refused(&mmu, &[MapPage], &[0x1000], |addr| Error::AlreadyMapped {
+        addr,
+    });
     // The original mapping is untouched.
     assert_eq!(mmu.translate(0x1abc), Ok(Some((pfn << 12) | 0xabc)));
 }
@@ -247,10 +241,9 @@ fn already_mapped_huge() {
     let mmu = populated();
     let va = 2 * PMD_SIZE;
     let pa = mmu.translate(va).unwrap().unwrap();
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(va)),
-        Err(Error::AlreadyMapped { addr: va })
-    );
+    refused(&mmu, &[MapHuge], &[va], |addr| Error::AlreadyMapped {
+        addr,
+    });
     assert_eq!(mmu.translate(va + 0x1234), Ok(Some(pa + 0x1234)));
 }
 
@@ -262,108 +255,65 @@ fn already_mapped_huge() {
 fn not_mapped_on_empty_mmu() {
     // No upper-level tables at all.
     let mmu = small();
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_page(0x3000)),
-        Err(Error::NotMapped { addr: 0x3000 })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_huge(0)),
-        Err(Error::NotMapped { addr: 0 })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.retract_pte_table(0x3000)),
-        Err(Error::NotMapped { addr: 0x3000 })
-    );
+    refused(&mmu, &[UnmapPage, RetractPteTable], &[0x3000], not_mapped);
+    refused(&mmu, &[UnmapHuge], &[0], not_mapped);
     assert_eq!(mmu.translate(0x3000), Ok(None));
 }
 
 #[test]
 fn not_mapped_unmap_page() {
     let mmu = populated();
-    // A PTE table exists (region 0) but this entry is empty.
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_page(0x2000)),
-        Err(Error::NotMapped { addr: 0x2000 })
-    );
-    // The pmd is none (region 1).
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_page(PMD_SIZE)),
-        Err(Error::NotMapped { addr: PMD_SIZE })
-    );
+    // A PTE table exists (region 0) but the entry at 0x2000 is empty; the pmd of region 1 is
+    // none.
+    refused(&mmu, &[UnmapPage], &[0x2000, PMD_SIZE], not_mapped);
     // Unmapped twice.
     mmu.unmap_page(0x5000).unwrap();
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_page(0x5000)),
-        Err(Error::NotMapped { addr: 0x5000 })
-    );
+    refused(&mmu, &[UnmapPage], &[0x5000], not_mapped);
 }
 
 #[test]
 fn not_mapped_unmap_huge() {
     let mmu = populated();
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_huge(PMD_SIZE)),
-        Err(Error::NotMapped { addr: PMD_SIZE })
-    );
+    refused(&mmu, &[UnmapHuge], &[PMD_SIZE], not_mapped);
     mmu.unmap_huge(2 * PMD_SIZE).unwrap();
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_huge(2 * PMD_SIZE)),
-        Err(Error::NotMapped { addr: 2 * PMD_SIZE })
-    );
+    refused(&mmu, &[UnmapHuge], &[2 * PMD_SIZE], not_mapped);
 }
 
 #[test]
 fn not_mapped_retract() {
     let mmu = populated();
-    let va = PMD_SIZE + 0x1234;
-    assert_eq!(
-        unchanged(&mmu, |m| m.retract_pte_table(va)),
-        Err(Error::NotMapped { addr: va })
-    );
+    refused(&mmu, &[RetractPteTable], &[PMD_SIZE + 0x1234], not_mapped);
     // Retracting the table of region 0 twice.
     assert_eq!(mmu.retract_pte_table(0x7000), Ok(2));
-    assert_eq!(
-        unchanged(&mmu, |m| m.retract_pte_table(0x7000)),
-        Err(Error::NotMapped { addr: 0x7000 })
-    );
+    refused(&mmu, &[RetractPteTable], &[0x7000], not_mapped);
 }
 
 // ---------------------------------------------------------------------------------------------
 // HugeInTheWay
 // ---------------------------------------------------------------------------------------------
 
+/// Was `huge_in_the_way_map_page`, `huge_in_the_way_unmap_page` and
+/// `huge_in_the_way_retract`: each call on the huge page of region 2.
 #[test]
-fn huge_in_the_way_map_page() {
+fn huge_in_the_way_of_small_page_calls() {
     let mmu = populated();
-    for va in [
+    let map_page = [
         2 * PMD_SIZE,
         2 * PMD_SIZE + PAGE_SIZE,
         3 * PMD_SIZE - PAGE_SIZE,
-    ] {
-        assert_eq!(
-            unchanged(&mmu, |m| m.map_page(va)),
-            Err(Error::HugeInTheWay { addr: va })
-        );
-    }
-}
-
-#[test]
-fn huge_in_the_way_unmap_page() {
-    let mmu = populated();
-    let va = 2 * PMD_SIZE + 0x10_0000;
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_page(va)),
-        Err(Error::HugeInTheWay { addr: va })
+    ];
+    refused(&mmu, &[MapPage], &map_page, huge_in_the_way);
+    refused(
+        &mmu,
+        &[UnmapPage],
+        &[2 * PMD_SIZE + 0x10_0000],
+        huge_in_the_way,
     );
-}
-
-#[test]
-fn huge_in_the_way_retract() {
-    let mmu = populated();
-    let va = 2 * PMD_SIZE + 0x4321;
-    assert_eq!(
-        unchanged(&mmu, |m| m.retract_pte_table(va)),
-        Err(Error::HugeInTheWay { addr: va })
+    refused(
+        &mmu,
+        &[RetractPteTable],
+        &[2 * PMD_SIZE + 0x4321],
+        huge_in_the_way,
     );
 }
 
@@ -374,14 +324,7 @@ fn huge_in_the_way_retract() {
 #[test]
 fn table_in_the_way_map_huge() {
     let mmu = populated();
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(0)),
-        Err(Error::TableInTheWay { addr: 0 })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.unmap_huge(0)),
-        Err(Error::TableInTheWay { addr: 0 })
-    );
+    refused(&mmu, &[MapHuge, UnmapHuge], &[0], table_in_the_way);
 }
 
 #[test]
@@ -397,10 +340,7 @@ fn table_in_the_way_even_when_empty() {
         PmdKind::Table(_)
     ));
     drop(mm);
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(0)),
-        Err(Error::TableInTheWay { addr: 0 })
-    );
+    refused(&mmu, &[MapHuge], &[0], table_in_the_way);
     // After retracting the empty table the huge map goes through.
     assert_eq!(mmu.retract_pte_table(0), Ok(0));
     mmu.map_huge(0).unwrap();
@@ -409,6 +349,21 @@ fn table_in_the_way_even_when_empty() {
 // ---------------------------------------------------------------------------------------------
 // OutOfFrames
 // ---------------------------------------------------------------------------------------------
+
+/// The shortage error for `needed` frames with `free` left, whatever the address.
+fn out_of_frames(needed: usize, free: usize) -> impl Fn(u64) -> Error {
+    move |_| Error::OutOfFrames { needed, free }
+}
+
+/// 1024 frames and the 8 MiB space: one aligned run of 512 frames (512..1024), as frame 0 is
+/// reserved and frames 0..512 never form a run.
+fn one_huge_run() -> Mmu {
+    Mmu::new(MmuConfig {
+        frames: 1024,
+        va_limit: 4 * PMD_SIZE,
+    })
+    .unwrap()
+}
 
 #[test]
 fn out_of_frames_map_page() {
@@ -424,18 +379,12 @@ fn out_of_frames_map_page() {
     }
     assert_eq!(mmu.free_frames(), 1);
     // Region 1 needs a PTE table and a data frame: two.
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_page(PMD_SIZE)),
-        Err(Error::OutOfFrames { needed: 2, free: 1 })
-    );
+    refused(&mmu, &[MapPage], &[PMD_SIZE], out_of_frames(2, 1));
     assert_eq!(mmu.translate(PMD_SIZE), Ok(None));
     // The last frame still goes to a page in region 0.
     mmu.map_page(10 * PAGE_SIZE).unwrap();
     assert_eq!(mmu.free_frames(), 0);
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_page(11 * PAGE_SIZE)),
-        Err(Error::OutOfFrames { needed: 1, free: 0 })
-    );
+    refused(&mmu, &[MapPage], &[11 * PAGE_SIZE], out_of_frames(1, 0));
     // Freeing one page makes room again (after the grace period).
     mmu.unmap_page(0).unwrap();
     mmu.rcu_barrier();
@@ -458,11 +407,16 @@ fn out_of_frames_map_page_until_exhausted() {
     };
     assert_eq!(err, Error::OutOfFrames { needed: 1, free: 0 });
     assert_eq!(mapped, 11);
-    let va = mapped * PAGE_SIZE;
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_page(va)),
-        Err(Error::OutOfFrames { needed: 1, free: 0 })
-    );
+    refused(&mmu, &[MapPage], &[mapped * PAGE_SIZE], out_of_frames(1, 0));
+}
+
+/// Maps small pages from `va` on until no frame is left.
+fn drain_from(mmu: &Mmu, mut va: u64) -> u64 {
+    while mmu.map_page(va).is_ok() {
+        va += PAGE_SIZE;
+    }
+    assert_eq!(mmu.free_frames(), 0);
+    va
 }
 
 #[test]
@@ -470,46 +424,16 @@ fn already_mapped_and_huge_in_the_way_beat_out_of_frames() {
     // With no frame left, a map onto an existing mapping still reports the mapping, not the
     // shortage: the checks come before the allocation.
     let mmu = tiny();
-    let mut va = 0;
-    while mmu.map_page(va).is_ok() {
-        va += PAGE_SIZE;
-    }
-    assert_eq!(mmu.free_frames(), 0);
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_page(0)),
-        Err(Error::AlreadyMapped { addr: 0 })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_page(va - PAGE_SIZE)),
-        Err(Error::AlreadyMapped {
-            addr: va - PAGE_SIZE
-        })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(0)),
-        Err(Error::TableInTheWay { addr: 0 })
-    );
+    let va = drain_from(&mmu, 0);
+    refused(&mmu, &[MapPage], &[0, va - PAGE_SIZE], already_mapped);
+    refused(&mmu, &[MapHuge], &[0], table_in_the_way);
     // A huge page with no frame left: a 1024-frame MMU holds one huge page and then is drained
     // with small pages.
-    let mmu = Mmu::new(MmuConfig {
-        frames: 1024,
-        va_limit: 4 * PMD_SIZE,
-    })
-    .unwrap();
+    let mmu = one_huge_run();
     mmu.map_huge(0).unwrap();
-    let mut va = PMD_SIZE;
-    while mmu.map_page(va).is_ok() {
-        va += PAGE_SIZE;
-    }
-    assert_eq!(mmu.free_frames(), 0);
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_page(0x3000)),
-        Err(Error::HugeInTheWay { addr: 0x3000 })
-    );
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(0)),
-        Err(Error::AlreadyMapped { addr: 0 })
-    );
+    drain_from(&mmu, PMD_SIZE);
+    refused(&mmu, &[MapPage], &[0x3000], huge_in_the_way);
+    refused(&mmu, &[MapHuge], &[0], already_mapped);
 }
 
 #[test]
@@ -517,13 +441,7 @@ fn out_of_frames_map_huge_tiny() {
     let mmu = tiny();
     mmu.map_page(0x1000).unwrap();
     // The reservation (a deposit table) succeeds, the 512-frame run cannot.
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(PMD_SIZE)),
-        Err(Error::OutOfFrames {
-            needed: 512,
-            free: 10 - 1
-        })
-    );
+    refused(&mmu, &[MapHuge], &[PMD_SIZE], out_of_frames(512, 10 - 1));
     assert_eq!(mmu.translate(PMD_SIZE), Ok(None));
 }
 
@@ -531,24 +449,12 @@ fn out_of_frames_map_huge_tiny() {
 fn out_of_frames_map_huge_upper_levels_missing() {
     // On an empty MMU the reservation needs a PUD, a PMD and the deposit.
     let mmu = tiny();
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(0)),
-        Err(Error::OutOfFrames {
-            needed: 512,
-            free: 14 - 3
-        })
-    );
+    refused(&mmu, &[MapHuge], &[0], out_of_frames(512, 14 - 3));
 }
 
 #[test]
 fn out_of_frames_map_huge_no_contiguous_run() {
-    // 1024 frames: exactly one aligned run of 512 (frames 512..1024); frame 0 is reserved, so
-    // frames 0..512 never form a run.
-    let mmu = Mmu::new(MmuConfig {
-        frames: 1024,
-        va_limit: 4 * PMD_SIZE,
-    })
-    .unwrap();
+    let mmu = one_huge_run();
     let first = mmu.map_huge(0).unwrap();
     assert_eq!(first, 512);
     let free = mmu.free_frames();
@@ -556,13 +462,7 @@ fn out_of_frames_map_huge_no_contiguous_run() {
         free > 512 - 8,
         "plenty of frames are free, just not contiguous"
     );
-    assert_eq!(
-        unchanged(&mmu, |m| m.map_huge(PMD_SIZE)),
-        Err(Error::OutOfFrames {
-            needed: 512,
-            free: free - 1
-        })
-    );
+    refused(&mmu, &[MapHuge], &[PMD_SIZE], out_of_frames(512, free - 1));
     // Small pages still work.
     mmu.map_page(PMD_SIZE).unwrap();
     mmu.unmap_huge(0).unwrap();
@@ -574,29 +474,32 @@ fn out_of_frames_map_huge_no_contiguous_run() {
 // WrongMmu
 // ---------------------------------------------------------------------------------------------
 
-#[test]
-fn wrong_mmu_pmd_copy_lockless() {
+/// Runs `scenario` on two populated MMUs, which a call that mixes them up must leave
+/// unchanged, both of them.
+fn across_two_mmus(scenario: impl FnOnce(&Mmu, &Mmu)) {
     let a = populated();
     let b = populated();
     let (da, db) = (a.dump(), b.dump());
-    {
+    scenario(&a, &b);
+    assert_eq!(a.dump(), da);
+    assert_eq!(b.dump(), db);
+}
+
+#[test]
+fn wrong_mmu_pmd_copy_lockless() {
+    across_two_mmus(|a, b| {
         let guard_a = a.rcu_read_lock();
         let r = b.pmd_copy_lockless(&guard_a, 0x1000);
         assert_eq!(r.unwrap_err(), Error::WrongMmu);
         // The right guard works.
         let guard_b = b.rcu_read_lock();
         assert!(b.pmd_copy_lockless(&guard_b, 0x1000).unwrap().is_some());
-    }
-    assert_eq!(a.dump(), da);
-    assert_eq!(b.dump(), db);
+    });
 }
 
 #[test]
 fn wrong_mmu_pmdp_get_lockless() {
-    let a = populated();
-    let b = populated();
-    let (da, db) = (a.dump(), b.dump());
-    {
+    across_two_mmus(|a, b| {
         let mm_b = b.mmap_read_lock();
         let pmd_b = mm_b.pmd_offset(0x1000).unwrap().unwrap();
         let guard_a = a.rcu_read_lock();
@@ -607,9 +510,7 @@ fn wrong_mmu_pmdp_get_lockless() {
         let guard_b = b.rcu_read_lock();
         let copy = pmdp_get_lockless(&pmd_b, &guard_b).unwrap();
         assert!(pte_offset_map(&copy, 0x1000).unwrap().pte().is_present());
-    }
-    assert_eq!(a.dump(), da);
-    assert_eq!(b.dump(), db);
+    });
 }
 
 #[test]
@@ -642,10 +543,7 @@ fn wrong_mmu_pmd_populate() {
 
 #[test]
 fn wrong_mmu_collapse_flush() {
-    let a = populated();
-    let b = populated();
-    let (da, db) = (a.dump(), b.dump());
-    {
+    across_two_mmus(|a, b| {
         let mm_a = a.mmap_read_lock();
         let mm_b = b.mmap_read_lock();
         let pmd_a = mm_a.pmd_offset(0x1000).unwrap().unwrap();
@@ -655,9 +553,7 @@ fn wrong_mmu_collapse_flush() {
         let rejected = pmdp_collapse_flush(&pml_b, ptl_a).unwrap_err();
         assert_eq!(rejected.error, Error::WrongMmu);
         assert!(rejected.value.pte().is_present());
-    }
-    assert_eq!(a.dump(), da);
-    assert_eq!(b.dump(), db);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

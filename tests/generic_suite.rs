@@ -292,26 +292,27 @@ fn removers_race_lockless_and_locked_walkers<B: Fixture>() {
     assert_eq!(b.violations(), 0);
 }
 
-/// Instantiates every test of the suite for one fixture.
+/// Instantiates every test of the suite for one fixture: a `#[test]` per generic test fn,
+/// named after it, in a module of the fixture's name.
 macro_rules! suite {
     ($name:ident, $fixture:ty) => {
+        suite!(
+            $name,
+            $fixture,
+            life_of_a_table,
+            a_section_keeps_a_retracted_table,
+            refusals,
+            removers_race_lockless_and_locked_walkers,
+        );
+    };
+    ($name:ident, $fixture:ty, $($test:ident),+ $(,)?) => {
         mod $name {
-            #[test]
-            fn life_of_a_table() {
-                super::life_of_a_table::<$fixture>();
-            }
-            #[test]
-            fn a_section_keeps_a_retracted_table() {
-                super::a_section_keeps_a_retracted_table::<$fixture>();
-            }
-            #[test]
-            fn refusals() {
-                super::refusals::<$fixture>();
-            }
-            #[test]
-            fn removers_race_lockless_and_locked_walkers() {
-                super::removers_race_lockless_and_locked_walkers::<$fixture>();
-            }
+            $(
+                #[test]
+                fn $test() {
+                    super::$test::<$fixture>();
+                }
+            )+
         }
     };
 }

@@ -14,8 +14,8 @@ use typed_pgtable::heap::desc::{
 use typed_pgtable::heap::{HEAP_SPAN, HeapPgtable, HeapPmd};
 use typed_pgtable::provenance::PgtableError;
 use typed_pgtable::provenance::{
-    DetachedPmd, PgtableBackend, pmd_clear_exclusive, pmd_lock, pmd_trylock, pmdp_collapse_flush,
-    pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
+    CopiedUnderRcu, DetachedPmd, PgtableBackend, PmdRef, PteMap, pmd_clear_exclusive, pmd_lock,
+    pmd_trylock, pmdp_collapse_flush, pmdp_get_lockless, pte_offset_map, pte_offset_map_lock,
 };
 use typed_pgtable::rcu::RcuDomain;
 
@@ -55,6 +55,26 @@ fn retract(heap: &HeapPgtable, addr: u64) -> bool {
     let detached = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
     detached.pte_free_defer();
     true
+}
+
+/// Installs a table at `ADDR` mapping `pfn` and runs `walk` as a lockless walker inside it: in
+/// an RCU read section, with the walker's copy of the pmd and its map of the table. The map
+/// is dropped, and the section ends, when `walk` returns.
+fn inside_a_lockless_walk(
+    heap: &HeapPgtable,
+    pfn: u64,
+    walk: impl for<'g> FnOnce(
+        &PmdRef<'g, 'g, HeapPgtable, CopiedUnderRcu<'g>>,
+        &PteMap<'g, HeapPgtable>,
+    ),
+) {
+    install(heap, ADDR, pfn, 1);
+    let guard = heap.rcu().read_lock();
+    let copy = heap.pmd_copy_lockless(&guard, ADDR).unwrap().unwrap();
+    let map = pte_offset_map(&copy, ADDR).unwrap();
+    walk(&copy, &map);
+    drop(map);
+    drop(guard);
 }
 
 #[test]
@@ -123,26 +143,20 @@ fn locked_walk_writes_and_clears() {
 #[test]
 fn retract_frees_only_after_the_grace_period() {
     let heap = HeapPgtable::new().unwrap();
-    install(&heap, ADDR, 0x99, 1);
-    let guard = heap.rcu().read_lock();
-    let copy = heap.pmd_copy_lockless(&guard, ADDR).unwrap().unwrap();
-    let map = pte_offset_map(&copy, ADDR).unwrap();
-
-    assert!(retract(&heap, ADDR));
-    assert!(!copy.still_installed());
-    let mm = heap.mmap_read_lock();
-    assert_eq!(
-        pte_offset_map(&mm.pmd_offset(ADDR).unwrap(), ADDR).err(),
-        Some(NoMap::None)
-    );
-    drop(mm);
-    assert_eq!(heap.rcu().quiescent(), 0, "the walker's section is open");
-    // Under a free-at-once backend this read is a use-after-free.
-    assert_eq!(pte_pfn(map.pte()), 0x99);
-    assert_eq!(heap.tables_live(), 1);
-
-    drop(map);
-    drop(guard);
+    inside_a_lockless_walk(&heap, 0x99, |copy, map| {
+        assert!(retract(&heap, ADDR));
+        assert!(!copy.still_installed());
+        let mm = heap.mmap_read_lock();
+        assert_eq!(
+            pte_offset_map(&mm.pmd_offset(ADDR).unwrap(), ADDR).err(),
+            Some(NoMap::None)
+        );
+        drop(mm);
+        assert_eq!(heap.rcu().quiescent(), 0, "the walker's section is open");
+        // Under a free-at-once backend this read is a use-after-free.
+        assert_eq!(pte_pfn(map.pte()), 0x99);
+        assert_eq!(heap.tables_live(), 1);
+    });
     assert_eq!(heap.rcu().quiescent(), 1);
     assert_eq!(heap.tables_live(), 0);
 }
@@ -222,28 +236,24 @@ fn split_a_block_into_its_deposited_table() {
 #[test]
 fn exclusive_clear_defers_the_free() {
     let heap = HeapPgtable::new().unwrap();
-    install(&heap, ADDR, 5, 1);
-    let guard = heap.rcu().read_lock();
-    let copy = heap.pmd_copy_lockless(&guard, ADDR).unwrap().unwrap();
-    let map = pte_offset_map(&copy, ADDR).unwrap();
-    {
-        let mut excl = heap.mmap_write_lock();
-        let own = excl.pmd_offset(ADDR).unwrap();
-        assert!(pte_offset_map(&own, ADDR).is_ok());
-        let detached = pmd_clear_exclusive(&mut excl, ADDR).unwrap();
-        assert_eq!(
-            pmd_clear_exclusive(&mut excl, ADDR).err(),
-            Some(PgtableError::NoTable(NoMap::None))
-        );
-        assert_eq!(
-            pmd_clear_exclusive(&mut excl, HEAP_SPAN).err(),
-            Some(PgtableError::NoSlot { addr: HEAP_SPAN })
-        );
-        detached.pte_free_defer();
-    }
-    assert_eq!(pte_pfn(map.pte()), 5);
-    drop(map);
-    drop(guard);
+    inside_a_lockless_walk(&heap, 5, |_, map| {
+        {
+            let mut excl = heap.mmap_write_lock();
+            let own = excl.pmd_offset(ADDR).unwrap();
+            assert!(pte_offset_map(&own, ADDR).is_ok());
+            let detached = pmd_clear_exclusive(&mut excl, ADDR).unwrap();
+            assert_eq!(
+                pmd_clear_exclusive(&mut excl, ADDR).err(),
+                Some(PgtableError::NoTable(NoMap::None))
+            );
+            assert_eq!(
+                pmd_clear_exclusive(&mut excl, HEAP_SPAN).err(),
+                Some(PgtableError::NoSlot { addr: HEAP_SPAN })
+            );
+            detached.pte_free_defer();
+        }
+        assert_eq!(pte_pfn(map.pte()), 5);
+    });
     heap.rcu().rcu_barrier();
     assert_eq!(heap.tables_live(), 0);
 }

@@ -48,6 +48,20 @@ fn bounded(scenario: impl FnOnce() + Send + 'static) -> Option<String> {
         .expect("the scenario hung: the lock checker did not report it")
 }
 
+/// Runs `scenario` on a fresh MMU under the watchdog: it must return, not panic. The
+/// scenario itself checks the violations the calls return.
+#[track_caller]
+fn returns(scenario: impl FnOnce(Mmu) + Send + 'static) {
+    assert_eq!(bounded(move || scenario(mmu())), None);
+}
+
+/// Runs `scenario` on a fresh MMU under the watchdog: a bare lock call in it must panic with
+/// the checker's report of `rule`.
+#[track_caller]
+fn reports(rule: &str, scenario: impl FnOnce(Mmu) + Send + 'static) {
+    assert_report(bounded(move || scenario(mmu())), rule);
+}
+
 /// Asserts the error is the checker's, naming `rule` and the caller's file as both sites.
 #[track_caller]
 fn assert_violation<T: std::fmt::Debug>(r: Result<T, Error>, rule: &str) {
@@ -82,8 +96,7 @@ fn assert_report(msg: Option<String>, rule: &str) {
 
 #[test]
 fn collapse_huge_page_inside_a_read_section_is_reported() {
-    let msg = bounded(|| {
-        let mmu = mmu();
+    returns(|mmu| {
         mmu.mmap(A, PMD_SIZE, VmaKind::Anon).unwrap();
         mmu.map_page(A).unwrap();
         let guard = mmu.rcu_read_lock();
@@ -93,17 +106,14 @@ fn collapse_huge_page_inside_a_read_section_is_reported() {
         // Outside the section it works.
         mmu.collapse_huge_page(A).unwrap();
     });
-    assert_eq!(msg, None);
 }
 
 #[test]
 fn rcu_barrier_inside_a_read_section_is_reported() {
-    let msg = bounded(|| {
-        let mmu = mmu();
+    reports("rcu_barrier inside an RCU read section", |mmu| {
         let _guard = mmu.rcu_read_lock();
         mmu.rcu_barrier();
     });
-    assert_report(msg, "rcu_barrier inside an RCU read section");
 }
 
 #[test]
@@ -137,8 +147,7 @@ fn map_page_inside_a_read_section_racing_a_collapse_is_reported() {
 
 #[test]
 fn map_page_while_holding_the_tables_pte_lock_is_reported() {
-    let msg = bounded(|| {
-        let mmu = mmu();
+    returns(|mmu| {
         mmu.map_page(A).unwrap();
         let mm = mmu.mmap_read_lock();
         let pmd = mm.pmd_offset(A).unwrap().unwrap();
@@ -159,38 +168,32 @@ fn map_page_while_holding_the_tables_pte_lock_is_reported() {
         drop(vma);
         mmu.map_page(A + PAGE_SIZE).unwrap();
     });
-    assert_eq!(msg, None);
 }
 
 #[test]
 fn the_mmap_lock_taken_twice_is_reported() {
-    let msg = bounded(|| {
-        let mmu = mmu();
+    returns(|mmu| {
         let _mm = mmu.mmap_read_lock();
         // A read lock taken again waits behind a writer queued in between.
         assert_violation(mmu.map_page(A), "recursive locking: the mmap lock");
     });
-    assert_eq!(msg, None);
 }
 
 #[test]
 fn the_same_pte_lock_taken_twice_is_reported() {
-    let msg = bounded(|| {
-        let mmu = mmu();
+    reports("recursive locking: the PTE lock", |mmu| {
         mmu.map_page(A).unwrap();
         let mm = mmu.mmap_read_lock();
         let pmd = mm.pmd_offset(A).unwrap().unwrap();
         let _first = pte_offset_map_lock(&pmd, A).unwrap();
         let _second = pte_offset_map_lock(&pmd, A + PAGE_SIZE);
     });
-    assert_report(msg, "recursive locking: the PTE lock");
 }
 
 #[test]
 fn a_leaked_read_section_at_drop_is_reported_not_waited_for() {
     let before = lockdep::leaked_sections_reported();
-    let msg = bounded(|| {
-        let mmu = mmu();
+    returns(|mmu| {
         mmu.map_page(A).unwrap();
         {
             let mm = mmu.mmap_read_lock();
@@ -199,7 +202,6 @@ fn a_leaked_read_section_at_drop_is_reported_not_waited_for() {
         }
         drop(mmu);
     });
-    assert_eq!(msg, None);
     assert_eq!(lockdep::leaked_sections_reported(), before + 1);
 }
 
@@ -208,8 +210,8 @@ fn a_leaked_read_section_at_drop_is_reported_not_waited_for() {
 
 #[test]
 fn a_blocking_pmd_lock_under_a_pte_lock_is_an_inversion() {
-    let msg = bounded(|| {
-        let mmu = mmu();
+    let rule = "I10 lock order: a PMD lock taken (blocking) while holding a PTE lock";
+    reports(rule, |mmu| {
         mmu.map_page(A).unwrap();
         let mm = mmu.mmap_read_lock();
         let pmd = mm.pmd_offset(A).unwrap().unwrap();
@@ -221,16 +223,11 @@ fn a_blocking_pmd_lock_under_a_pte_lock_is_an_inversion() {
         let _pml = pmd_lock(&pmd);
         drop(ptl);
     });
-    assert_report(
-        msg,
-        "I10 lock order: a PMD lock taken (blocking) while holding a PTE lock",
-    );
 }
 
 #[test]
 fn the_mmap_lock_under_the_rmap_lock_is_an_inversion() {
-    let msg = bounded(|| {
-        let mmu = mmu();
+    returns(|mmu| {
         mmu.mmap(A, PMD_SIZE, VmaKind::File).unwrap();
         let rmap = mmu.i_mmap_lock_read();
         assert_violation(
@@ -240,13 +237,11 @@ fn the_mmap_lock_under_the_rmap_lock_is_an_inversion() {
         drop(rmap);
         mmu.map_page(A).unwrap();
     });
-    assert_eq!(msg, None);
 }
 
 #[test]
 fn munmap_while_holding_a_vma_lock_is_reported_not_a_hang() {
-    let msg = bounded(|| {
-        let mmu = mmu();
+    returns(|mmu| {
         mmu.mmap(A, PMD_SIZE, VmaKind::Anon).unwrap();
         mmu.map_page(A).unwrap();
         let vma = mmu.lock_vma_under_rcu(A).unwrap();
@@ -258,13 +253,11 @@ fn munmap_while_holding_a_vma_lock_is_reported_not_a_hang() {
         drop(vma);
         assert_eq!(mmu.munmap(A, PMD_SIZE), Ok(1));
     });
-    assert_eq!(msg, None);
 }
 
 #[test]
 fn the_kernel_orders_are_not_reported() {
-    let msg = bounded(|| {
-        let mmu = mmu();
+    returns(|mmu| {
         mmu.mmap(A, 2 * PMD_SIZE, VmaKind::File).unwrap();
         mmu.map_page(A).unwrap();
         mmu.map_page(A + PMD_SIZE).unwrap();
@@ -290,5 +283,4 @@ fn the_kernel_orders_are_not_reported() {
         mmu.map_page(A + 7 * PAGE_SIZE).unwrap();
         common::assert_clean(&mmu);
     });
-    assert_eq!(msg, None);
 }

@@ -272,13 +272,7 @@ impl Harness {
         free: usize,
         runs: usize,
     ) -> Result<(), TestCaseError> {
-        let obs = Obs {
-            res,
-            free,
-            runs,
-            dump: self.mmu.dump(),
-            zero: self.mmu.zero_page(),
-        };
+        let obs = Obs::after(&self.mmu, res, free, runs);
         self.model
             .step(&op, &Ck::new(Some(&obs)))
             .map_err(|e| err_str(&format!("{ctx}: reference model"), e))

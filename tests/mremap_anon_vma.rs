@@ -65,6 +65,35 @@ fn cowed_file_region(mmu: &Mmu) -> u64 {
     anon
 }
 
+/// An MMU with two file VMAs and nothing mapped: the region at `A` and a slot to park its
+/// table at `S`.
+fn region_and_parking_slot() -> Mmu {
+    let mmu = new_mmu();
+    mmu.mmap(A, PMD_SIZE, VmaKind::File).unwrap();
+    mmu.mmap(S, PMD_SIZE, VmaKind::File).unwrap();
+    mmu
+}
+
+/// The cowed file region at `A` ([`cowed_file_region`]) and a file VMA at `S` to park its
+/// table in, without an `anon_vma` yet; returns the MMU and the anonymous page.
+fn cowed_region_and_parking_slot() -> (Mmu, u64) {
+    let mmu = new_mmu();
+    let anon = cowed_file_region(&mmu);
+    mmu.mmap(S, PMD_SIZE, VmaKind::File).unwrap();
+    assert!(!mmu.find_vma(S).unwrap().anon_vma);
+    (mmu, anon)
+}
+
+/// After a grace period the anonymous page `anon` is still mapped at `va`, no anonymous page
+/// was lost, and the MMU is clean.
+#[track_caller]
+fn assert_anon_page_kept(mmu: &Mmu, va: u64, anon: u64) {
+    mmu.rcu_barrier();
+    assert_eq!(pfn_at(mmu, va), Some(anon));
+    assert_eq!(mmu.stats().anon_pages_lost, 0);
+    assert_clean(mmu);
+}
+
 #[test]
 fn replay_park_munmap_mmap_return_retract() {
     let mmu = new_mmu();
@@ -91,10 +120,7 @@ fn replay_park_munmap_mmap_return_retract() {
 
 #[test]
 fn the_destination_vma_gets_the_anon_vma() {
-    let mmu = new_mmu();
-    let anon = cowed_file_region(&mmu);
-    mmu.mmap(S, PMD_SIZE, VmaKind::File).unwrap();
-    assert!(!mmu.find_vma(S).unwrap().anon_vma);
+    let (mmu, anon) = cowed_region_and_parking_slot();
     mmu.move_normal_pmd(A, S).unwrap();
     assert!(mmu.find_vma(S).unwrap().anon_vma);
     assert_eq!(pfn_at(&mmu, S + 5 * PAGE_SIZE), Some(anon));
@@ -106,17 +132,12 @@ fn the_destination_vma_gets_the_anon_vma() {
     assert!(mmu.find_vma(A).unwrap().anon_vma);
     // So khugepaged leaves it alone, and the page stays mapped.
     assert_eq!(mmu.retract_page_tables(A).unwrap(), 0);
-    mmu.rcu_barrier();
-    assert_eq!(pfn_at(&mmu, VA), Some(anon));
-    assert_eq!(mmu.stats().anon_pages_lost, 0);
-    assert_clean(&mmu);
+    assert_anon_page_kept(&mmu, VA, anon);
 }
 
 #[test]
 fn a_table_without_anonymous_pages_moves_without_an_anon_vma() {
-    let mmu = new_mmu();
-    mmu.mmap(A, PMD_SIZE, VmaKind::File).unwrap();
-    mmu.mmap(S, PMD_SIZE, VmaKind::File).unwrap();
+    let mmu = region_and_parking_slot();
     let file = mmu.map_page(VA).unwrap();
     mmu.move_normal_pmd(A, S).unwrap();
     assert!(!mmu.find_vma(S).unwrap().anon_vma);
@@ -160,9 +181,7 @@ fn moves_outside_a_vma_or_across_kinds_are_refused_and_change_nothing() {
 #[test]
 fn retract_keeps_a_table_with_anonymous_pages_whatever_its_vma_says() {
     use typed_pgtable::provenance::{pmd_lock, pmdp_collapse_flush, pte_offset_map_lock};
-    let mmu = new_mmu();
-    let anon = cowed_file_region(&mmu);
-    mmu.mmap(S, PMD_SIZE, VmaKind::File).unwrap();
+    let (mmu, anon) = cowed_region_and_parking_slot();
     {
         let mm = mmu.mmap_read_lock();
         let old = mm.pmd_offset(A).unwrap().unwrap();
@@ -176,10 +195,7 @@ fn retract_keeps_a_table_with_anonymous_pages_whatever_its_vma_says() {
     }
     assert!(!mmu.find_vma(S).unwrap().anon_vma);
     assert_eq!(mmu.retract_page_tables(S).unwrap(), 0);
-    mmu.rcu_barrier();
-    assert_eq!(pfn_at(&mmu, S + 5 * PAGE_SIZE), Some(anon));
-    assert_eq!(mmu.stats().anon_pages_lost, 0);
-    assert_clean(&mmu);
+    assert_anon_page_kept(&mmu, S + 5 * PAGE_SIZE, anon);
 }
 
 /// The racing operations of the torture run on one region, so that their windows meet often:
@@ -188,9 +204,7 @@ fn retract_keeps_a_table_with_anonymous_pages_whatever_its_vma_says() {
 /// lost, whatever the interleaving.
 #[test]
 fn moves_vs_munmap_cow_and_retract() {
-    let mmu = new_mmu();
-    mmu.mmap(A, PMD_SIZE, VmaKind::File).unwrap();
-    mmu.mmap(S, PMD_SIZE, VmaKind::File).unwrap();
+    let mmu = region_and_parking_slot();
     let stop = AtomicBool::new(false);
     let clock = Stopwatch::new(Duration::from_millis(800));
     thread::scope(|s| {

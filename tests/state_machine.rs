@@ -270,13 +270,7 @@ impl Sut {
         let runs = census(&self.mmu, self.model.frames).1;
         let res = call(&self.mmu, &self.model, op);
         self.mmu.rcu_barrier();
-        let obs = Obs {
-            res,
-            free,
-            runs,
-            dump: self.mmu.dump(),
-            zero: self.mmu.zero_page(),
-        };
+        let obs = Obs::after(&self.mmu, res, free, runs);
         let ck = Ck::new(Some(&obs));
         let before = format!("{:?}", self.model);
         if let Err(e) = self.model.step(op, &ck) {

@@ -243,6 +243,20 @@ pub struct Obs {
     pub zero: Option<u64>,
 }
 
+impl Obs {
+    /// What `mmu` shows after a call that returned `res`, with the free frames and free runs
+    /// counted before it.
+    pub fn after(mmu: &Mmu, res: Res, free: usize, runs: usize) -> Obs {
+        Obs {
+            res,
+            free,
+            runs,
+            dump: mmu.dump(),
+            zero: mmu.zero_page(),
+        }
+    }
+}
+
 /// Checks a prediction against the observation, if there is one (the reference has none: it
 /// assumes every allocation succeeds, and learns frame number 0).
 pub struct Ck<'a> {
@@ -423,28 +437,67 @@ pub enum Op {
 }
 
 impl Op {
-    pub fn name(&self) -> &'static str {
+    /// The operation's name in the outcome tags: the kernel function it runs, which is the
+    /// variant's name in snake case, with the flag variants and `move_normal_pmd` spelled out.
+    pub fn name(&self) -> String {
         match self {
-            Op::MapPage { .. } => "map_page",
-            Op::UnmapPage { .. } => "unmap_page",
-            Op::MapHuge { zero: false, .. } => "map_huge",
-            Op::MapHuge { zero: true, .. } => "map_huge_zero",
-            Op::UnmapHuge { .. } => "unmap_huge",
-            Op::SplitHugePmd { .. } => "split_huge_pmd",
-            Op::RetractPageTables { .. } => "retract_page_tables",
-            Op::RetractPteTable { .. } => "retract_pte_table",
-            Op::CollapsePteMappedThp { .. } => "collapse_pte_mapped_thp",
-            Op::CollapseHugePage { .. } => "collapse_huge_page",
-            Op::CowFault { .. } => "cow_fault",
-            Op::MadviseDontneed { reclaim: false, .. } => "madvise_dontneed",
-            Op::MadviseDontneed { reclaim: true, .. } => "madvise_dontneed+reclaim",
-            Op::Munmap { .. } => "munmap",
-            Op::Mmap { .. } => "mmap",
-            Op::MovePmd { .. } => "move_normal_pmd",
-            Op::GupFast { .. } => "gup_fast",
-            Op::Translate { .. } => "translate",
+            Op::MapHuge { zero: true, .. } => "map_huge_zero".into(),
+            Op::MadviseDontneed { reclaim: true, .. } => "madvise_dontneed+reclaim".into(),
+            Op::MovePmd { .. } => "move_normal_pmd".into(),
+            _ => {
+                let debug = format!("{self:?}");
+                let variant = debug.split([' ', '{']).next().unwrap_or_default();
+                snake_case(variant)
+            }
         }
     }
+
+    /// `[start, end)` of an op on a page range (`MadviseDontneed`, `Munmap`), by [`range_of`].
+    pub fn range(&self) -> (u64, u64) {
+        match *self {
+            Op::MadviseDontneed {
+                slot, first, pages, ..
+            }
+            | Op::Munmap { slot, first, pages } => range_of(slot, first, pages),
+            _ => panic!("{self:?} has no page range"),
+        }
+    }
+}
+
+/// `MapPage` → `map_page`.
+fn snake_case(camel: &str) -> String {
+    let mut out = String::new();
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() && !out.is_empty() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// The part of a range `[start, end)` that lies in one pmd: `[va, next)` inside the
+/// pmd-aligned `region`, `whole` when it covers the region entirely.
+pub struct PmdSpan {
+    pub region: u64,
+    pub va: u64,
+    pub next: u64,
+    pub whole: bool,
+}
+
+/// The spans of `[start, end)`, one per pmd it touches, in address order: the pieces
+/// `zap_range` hands to `zap_pmd`.
+pub fn pmd_spans(start: u64, end: u64) -> impl Iterator<Item = PmdSpan> {
+    let first = (start < end).then_some(start & !(PMD_SIZE - 1));
+    let regions = std::iter::successors(first, move |r| {
+        r.checked_add(PMD_SIZE).filter(|&next| next < end)
+    });
+    regions.map(move |region| PmdSpan {
+        region,
+        va: start.max(region),
+        next: end.min(region + PMD_SIZE),
+        whole: start <= region && region + PMD_SIZE <= end,
+    })
 }
 
 pub fn range_of(slot: usize, first: u32, pages: u32) -> (u64, u64) {
@@ -617,20 +670,31 @@ impl Model {
         Ok(data)
     }
 
+    /// Every mapping of data (the zero pages excepted), as `(pfn, folio, frames)`: a page a PTE
+    /// maps is one frame of its folio (or its own folio), a huge pmd maps all 512 frames of
+    /// the folio it heads.
+    fn data_mappings(&self) -> Vec<(u64, u64, u64)> {
+        let mut out = Vec::new();
+        for pmd in &self.slots {
+            match pmd {
+                Pmd::Table(t) => out.extend(
+                    t.values()
+                        .filter(|p| p.kind != Kind::Zero)
+                        .map(|p| (p.pfn, p.folio.unwrap_or(p.pfn), 1)),
+                ),
+                Pmd::Huge { pfn, zero: false } => out.push((*pfn, *pfn, PTES)),
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// The references each folio (keyed by its head, or the page itself) must hold: one per
     /// PTE that maps one of its pages, one for a huge pmd.
     pub fn folio_refs(&self) -> BTreeMap<u64, u32> {
         let mut refs = BTreeMap::new();
-        for pmd in &self.slots {
-            match pmd {
-                Pmd::Table(t) => {
-                    for p in t.values().filter(|p| p.kind != Kind::Zero) {
-                        *refs.entry(p.folio.unwrap_or(p.pfn)).or_default() += 1;
-                    }
-                }
-                Pmd::Huge { pfn, zero: false } => *refs.entry(*pfn).or_default() += 1,
-                _ => {}
-            }
+        for (_, folio, _) in self.data_mappings() {
+            *refs.entry(folio).or_default() += 1;
         }
         refs
     }
@@ -638,18 +702,8 @@ impl Model {
     /// The folio of every mapped frame (the zero pages excepted).
     pub fn folios(&self) -> BTreeMap<u64, u64> {
         let mut folios = BTreeMap::new();
-        for pmd in &self.slots {
-            match pmd {
-                Pmd::Table(t) => {
-                    for p in t.values().filter(|p| p.kind != Kind::Zero) {
-                        folios.insert(p.pfn, p.folio.unwrap_or(p.pfn));
-                    }
-                }
-                Pmd::Huge { pfn, zero: false } => {
-                    folios.extend((*pfn..pfn + PTES).map(|f| (f, *pfn)));
-                }
-                _ => {}
-            }
+        for (pfn, folio, frames) in self.data_mappings() {
+            folios.extend((pfn..pfn + frames).map(|f| (f, folio)));
         }
         folios
     }
@@ -720,11 +774,13 @@ impl Model {
     /// PTEs cleared, and with `reclaim` a table the zap of its whole range left empty is freed.
     pub fn zap(&mut self, start: u64, end: u64, reclaim: bool, ck: &Ck<'_>) -> R<ZapStats> {
         let mut st = ZapStats::default();
-        let mut va = start;
-        while va < end {
-            let region = va & !(PMD_SIZE - 1);
-            let next = (region + PMD_SIZE).min(end);
-            let whole = va == region && next == region + PMD_SIZE;
+        for PmdSpan {
+            region,
+            va,
+            next,
+            whole,
+        } in pmd_spans(start, end)
+        {
             let slot = slot_at(region).map(|s| s.0);
             if let Some(slot) = slot.filter(|_| self.has_upper(va)) {
                 let mut ptes = matches!(self.slots[slot], Pmd::Table(_));
@@ -751,7 +807,6 @@ impl Model {
                     }
                 }
             }
-            va = next;
         }
         Ok(st)
     }
@@ -979,18 +1034,13 @@ impl Model {
                     },
                 );
             }
-            Op::MadviseDontneed {
-                slot,
-                first,
-                pages,
-                reclaim,
-            } => {
-                let (start, end) = range_of(slot, first, pages);
+            Op::MadviseDontneed { reclaim, .. } => {
+                let (start, end) = op.range();
                 let st = self.zap(start, end, reclaim, ck)?;
                 ck.expect(Res::Zap(Ok(st)))?;
             }
-            Op::Munmap { slot, first, pages } => {
-                let (start, end) = range_of(slot, first, pages);
+            Op::Munmap { .. } => {
+                let (start, end) = op.range();
                 let overlaps = |r: usize| SLOT_VA[r] < end && start < SLOT_VA[r] + PMD_SIZE;
                 // detach_range: a VMA that straddles an edge fails the whole call.
                 if let Some(r) = (0..SLOTS).find(|&r| {
@@ -1118,17 +1168,12 @@ pub fn call(mmu: &Mmu, model: &Model, op: &Op) -> Res {
             Res::Collapse(mmu.collapse_huge_page(SLOT_VA[slot] + off))
         }
         Op::CowFault { slot, idx } => Res::Pfn(mmu.cow_fault(page_va(slot, idx))),
-        Op::MadviseDontneed {
-            slot,
-            first,
-            pages,
-            reclaim,
-        } => {
-            let (start, end) = range_of(slot, first, pages);
+        Op::MadviseDontneed { reclaim, .. } => {
+            let (start, end) = op.range();
             Res::Zap(mmu.madvise_dontneed(start, end - start, reclaim))
         }
-        Op::Munmap { slot, first, pages } => {
-            let (start, end) = range_of(slot, first, pages);
+        Op::Munmap { .. } => {
+            let (start, end) = op.range();
             Res::Num(mmu.munmap(start, end - start))
         }
         Op::Mmap { slot } => Res::Unit(mmu.mmap(SLOT_VA[slot], PMD_SIZE, KINDS[slot])),
