@@ -28,8 +28,8 @@ use common::rng::Rng;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use typed_pgtable::mmu::{
-    CollapseOutcome, FrameKind, Mmu, MmuConfig, MmuDump, PAGE_SIZE, PMD_SIZE, PmdKind, Pte,
-    SplitOutcome, VmaKind, migration_entry,
+    CollapseOutcome, FrameKind, Mmu, MmuConfig, MmuDump, MmuStats, PAGE_SIZE, PMD_SIZE, PmdKind,
+    Pte, SplitOutcome, VmaKind, migration_entry,
 };
 use typed_pgtable::provenance::{InTable, PmdRef, pte_offset_map, pte_offset_map_lock};
 
@@ -275,14 +275,7 @@ where
 /// The checks after every run.
 #[track_caller]
 fn check_after(mmu: &Mmu, c: &Counts, gup_pins_checked: bool) {
-    mmu.rcu_barrier();
-    assert_eq!(
-        mmu.audit().violations(),
-        0,
-        "page-table use-after-free: {:?}",
-        mmu.audit().report()
-    );
-    assert_eq!(mmu.check_tables(), Vec::<String>::new());
+    common::assert_clean(mmu);
     assert!(
         get(&c.lockless_walks) > 0 && get(&c.lockless_maps) > 0,
         "{c:?}"
@@ -294,6 +287,20 @@ fn check_after(mmu: &Mmu, c: &Counts, gup_pins_checked: bool) {
     if gup_pins_checked {
         assert_eq!(get(&c.pinned_freed), 0, "a pinned page was freed: {c:?}");
     }
+}
+
+/// The remover's own checks after a run: each kind of work in `did` (by name) happened, the
+/// MMU's own counter `stat` counted `counted` of it, and no anonymous page was lost.
+#[track_caller]
+fn check_work(mmu: &Mmu, did: &[(&str, u64)], stat: (&str, fn(&MmuStats) -> u64), counted: u64) {
+    let s = mmu.stats();
+    eprintln!("{did:?}, {s:?}");
+    for &(name, n) in did {
+        assert!(n > 0, "the remover never did its {name}: {did:?}");
+    }
+    let (stat_name, stat) = stat;
+    assert_eq!(stat(&s), counted, "MmuStats::{stat_name} for {did:?}");
+    assert_eq!(s.anon_pages_lost, 0);
 }
 
 /// Tears everything down and checks that every frame came back.
@@ -382,16 +389,16 @@ fn retract_vs_walkers() {
         }),
     );
     check_after(&mmu, &c, true);
-    let s = mmu.stats();
-    eprintln!(
-        "retract_page_tables {}, retract_pte_table {}, cows {}, {s:?}",
-        get(&khugepaged),
-        get(&simple),
-        get(&cows)
+    check_work(
+        &mmu,
+        &[
+            ("retract_page_tables", get(&khugepaged)),
+            ("retract_pte_table", get(&simple)),
+            ("cows", get(&cows)),
+        ],
+        ("retracts", |s| s.retracts),
+        get(&khugepaged) + get(&simple),
     );
-    assert!(get(&khugepaged) > 0 && get(&simple) > 0 && get(&cows) > 0);
-    assert_eq!(s.retracts, get(&khugepaged) + get(&simple));
-    assert_eq!(s.anon_pages_lost, 0);
     teardown(&mmu, baseline);
 }
 
@@ -399,12 +406,21 @@ fn retract_vs_walkers() {
 // Collapse: collapse_pte_mapped_thp and collapse_huge_page
 // =============================================================================================
 
-#[test]
-fn collapse_pte_mapped_thp_vs_walkers() {
+/// One collapser against the walkers, with holes punched and faulted back meanwhile (faults
+/// race with the collapse's steps). `collapse` is one attempt at `r1`, true if it collapsed:
+/// then the huge page is split back into a PTE-mapped THP for the next round and the thread
+/// sleeps `pause`; a failed attempt refills the holes.
+fn collapse_vs_walkers(
+    kind: VmaKind,
+    fill: impl FnOnce(&Mmu, u64),
+    collapse: impl Fn(&Mmu, u64) -> bool + Sync,
+    pause: Duration,
+    seed: u64,
+) {
     let (mmu, baseline) = new_mmu();
     let r1 = region(1);
-    mmu.mmap(r1, PMD_SIZE, VmaKind::File).unwrap();
-    mmu.map_pages(r1, ENTRIES as usize).unwrap();
+    mmu.mmap(r1, PMD_SIZE, kind).unwrap();
+    fill(&mmu, r1);
     let collapsed = AtomicU64::new(0);
     let other = AtomicU64::new(0);
     let c = stress(
@@ -412,76 +428,56 @@ fn collapse_pte_mapped_thp_vs_walkers() {
         &[r1],
         || get(&collapsed) > 0,
         || {
-            match mmu.collapse_pte_mapped_thp(r1).unwrap() {
-                CollapseOutcome::Collapsed => {
-                    collapsed.fetch_add(1, Relaxed);
-                    // Back to a PTE-mapped THP for the next round.
-                    mmu.split_huge_pmd(r1).unwrap();
-                }
-                _ => {
-                    other.fetch_add(1, Relaxed);
-                    refill(&mmu, r1, 64);
-                }
+            if collapse(&mmu, r1) {
+                collapsed.fetch_add(1, Relaxed);
+                mmu.split_huge_pmd(r1).unwrap();
+                std::thread::sleep(pause);
+            } else {
+                other.fetch_add(1, Relaxed);
+                refill(&mmu, r1, 64);
             }
         },
-        // Holes punched and faulted back: faults race with the collapse's steps.
-        Some(punch_and_refault(&mmu, r1, Rng(7))),
+        Some(punch_and_refault(&mmu, r1, Rng(seed))),
     );
     // THP subpages pinned through the huge pmd are freed by a later split and zap: see
     // ops.rs `pin_of_a_thp_subpage_survives_split_and_zap`; not asserted here.
     check_after(&mmu, &c, false);
-    let s = mmu.stats();
-    eprintln!(
-        "collapsed {}, other {}, {s:?}",
+    eprintln!("other {}", get(&other));
+    check_work(
+        &mmu,
+        &[("collapsed", get(&collapsed))],
+        ("collapses", |s| s.collapses),
         get(&collapsed),
-        get(&other)
     );
-    assert!(get(&collapsed) > 0);
-    assert_eq!(s.collapses, get(&collapsed));
-    assert_eq!(s.anon_pages_lost, 0);
     teardown(&mmu, baseline);
 }
 
 #[test]
-fn collapse_huge_page_vs_walkers() {
-    let (mmu, baseline) = new_mmu();
-    let r1 = region(1);
-    mmu.mmap(r1, PMD_SIZE, VmaKind::Anon).unwrap();
-    refill(&mmu, r1, 64);
-    let collapsed = AtomicU64::new(0);
-    let other = AtomicU64::new(0);
-    let c = stress(
-        &mmu,
-        &[r1],
-        || get(&collapsed) > 0,
-        || {
-            match mmu.collapse_huge_page(r1) {
-                Ok(CollapseOutcome::Collapsed) => {
-                    collapsed.fetch_add(1, Relaxed);
-                    mmu.split_huge_pmd(r1).unwrap();
-                    // khugepaged sleeps between scans; without a pause, this loop of mmap
-                    // write locks starves the mmap-lock walker (the lock prefers writers).
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-                Ok(_) | Err(_) => {
-                    other.fetch_add(1, Relaxed);
-                    refill(&mmu, r1, 64);
-                }
-            }
+fn collapse_pte_mapped_thp_vs_walkers() {
+    collapse_vs_walkers(
+        VmaKind::File,
+        |mmu, r1| {
+            mmu.map_pages(r1, ENTRIES as usize).unwrap();
         },
-        Some(punch_and_refault(&mmu, r1, Rng(8))),
+        |mmu, r1| mmu.collapse_pte_mapped_thp(r1).unwrap() == CollapseOutcome::Collapsed,
+        Duration::ZERO,
+        7,
     );
-    check_after(&mmu, &c, false);
-    let s = mmu.stats();
-    eprintln!(
-        "collapsed {}, other {}, {s:?}",
-        get(&collapsed),
-        get(&other)
+}
+
+#[test]
+fn collapse_huge_page_vs_walkers() {
+    collapse_vs_walkers(
+        VmaKind::Anon,
+        |mmu, r1| {
+            refill(mmu, r1, 64);
+        },
+        |mmu, r1| mmu.collapse_huge_page(r1) == Ok(CollapseOutcome::Collapsed),
+        // khugepaged sleeps between scans; without a pause, this loop of mmap write locks
+        // starves the mmap-lock walker (the lock prefers writers).
+        Duration::from_micros(500),
+        8,
     );
-    assert!(get(&collapsed) > 0);
-    assert_eq!(s.collapses, get(&collapsed));
-    assert_eq!(s.anon_pages_lost, 0);
-    teardown(&mmu, baseline);
 }
 
 // =============================================================================================
@@ -521,15 +517,12 @@ fn reclaim_vs_walkers() {
         }),
     );
     check_after(&mmu, &c, true);
-    let s = mmu.stats();
-    eprintln!(
-        "reclaimed {}, zapped {}, {s:?}",
+    check_work(
+        &mmu,
+        &[("reclaimed", get(&reclaimed)), ("zapped", get(&zapped))],
+        ("reclaims", |s| s.reclaims),
         get(&reclaimed),
-        get(&zapped)
     );
-    assert!(get(&reclaimed) > 0 && get(&zapped) > 0);
-    assert_eq!(s.reclaims, get(&reclaimed));
-    assert_eq!(s.anon_pages_lost, 0);
     teardown(&mmu, baseline);
 }
 
@@ -592,11 +585,16 @@ fn split_vs_walkers() {
     );
     // Pins of THP subpages: see ops.rs `pin_of_a_thp_subpage_survives_split_and_zap`.
     check_after(&mmu, &c, false);
-    let s = mmu.stats();
-    eprintln!("outcomes {outcomes:?}, {s:?}");
-    assert!(outcomes.iter().all(|o| get(o) > 0));
-    assert_eq!(s.splits, outcomes.iter().map(get).sum::<u64>());
-    assert_eq!(s.anon_pages_lost, 0);
+    check_work(
+        &mmu,
+        &[
+            ("split", get(&outcomes[0])),
+            ("zero split", get(&outcomes[1])),
+            ("migration split", get(&outcomes[2])),
+        ],
+        ("splits", |s| s.splits),
+        outcomes.iter().map(get).sum::<u64>(),
+    );
     teardown(&mmu, baseline);
 }
 
@@ -627,11 +625,12 @@ fn munmap_vs_walkers() {
         None::<fn()>,
     );
     check_after(&mmu, &c, true);
-    let s = mmu.stats();
-    eprintln!("freed {}, {s:?}", get(&freed));
-    assert!(get(&freed) > 0);
-    assert_eq!(s.pgtables_freed, get(&freed));
-    assert_eq!(s.anon_pages_lost, 0);
+    check_work(
+        &mmu,
+        &[("freed", get(&freed))],
+        ("pgtables_freed", |s| s.pgtables_freed),
+        get(&freed),
+    );
     teardown(&mmu, baseline);
 }
 
@@ -658,11 +657,12 @@ fn move_normal_pmd_vs_walkers() {
         None::<fn()>,
     );
     check_after(&mmu, &c, true);
-    let s = mmu.stats();
-    eprintln!("moves {}, {s:?}", get(&moves));
-    assert!(get(&moves) > 0);
-    assert_eq!(s.pmd_moves, get(&moves));
-    assert_eq!(s.anon_pages_lost, 0);
+    check_work(
+        &mmu,
+        &[("moves", get(&moves))],
+        ("pmd_moves", |s| s.pmd_moves),
+        get(&moves),
+    );
     // Every page is still mapped, at its place in the table, in the region the table is in
     // (after an even number of moves: back at `a`).
     let d = mmu.dump();
