@@ -51,6 +51,40 @@ fn new_mmu(frames: usize) -> Mmu {
     .unwrap()
 }
 
+/// A fresh MMU with one VMA of `kind` over the 2 MiB at `BASE`: where most replays run.
+fn mmu_with_vma(frames: usize, kind: VmaKind) -> Mmu {
+    let mmu = new_mmu(frames);
+    mmu.mmap(BASE, PMD_SIZE, kind).unwrap();
+    mmu
+}
+
+/// A worker thread of a concurrent run: `step` over and over until `stop` is set.
+fn spawn_until_stopped<'scope>(
+    s: &'scope thread::Scope<'scope, '_>,
+    stop: &'scope AtomicBool,
+    step: impl FnMut() + Send + 'scope,
+) {
+    s.spawn(move || common::until_stopped(stop, step));
+}
+
+/// One round of a refault thread: the next of the first 8 pages from `base` faulted back in
+/// (if it is mapped already, or the range is huge, nothing happens).
+fn refault_round(mmu: &Mmu, base: u64) -> impl FnMut() + Send + '_ {
+    let mut i = 0;
+    move || {
+        i += 1;
+        let _ = mmu.map_page(base + (i % 8) * PAGE_SIZE);
+    }
+}
+
+/// Each counter moved: the work it counts (named in the message) happened at least once.
+#[track_caller]
+fn assert_happened(work: &[(&AtomicU64, &str)]) {
+    for &(count, none) in work {
+        assert!(count.load(SeqCst) > 0, "{none}");
+    }
+}
+
 /// Runs on the test's own thread while the workers run: sets `stop` after `RUN`, or, if
 /// `progressed` is still false then, as soon as it turns true, but never after `HARD_STOP`.
 fn stop_after_run(stop: &AtomicBool, progressed: impl Fn() -> bool) {
@@ -154,6 +188,35 @@ fn assert_walkers_saw_nothing_wrong(seen: &Seen) {
         seen.dead_pages, 0,
         "a lockless walker saw a PTE of a page that was already freed"
     );
+}
+
+/// The concurrent half of a replay: the workers that `spawn` starts on the scope (each watching
+/// `stop`) against `walkers` lockless walkers of `BASE` ([`walk_until`], `full_every` as there),
+/// until [`stop_after_run`] with `progressed`. Then no walker may have seen anything wrong;
+/// returns how many walks mapped a table.
+fn race_with_walkers<'env>(
+    mmu: &'env Mmu,
+    stop: &'env AtomicBool,
+    tables: &'env AtomicU64,
+    (walkers, full_every): (usize, u64),
+    spawn: impl for<'scope> FnOnce(&'scope thread::Scope<'scope, 'env>),
+    progressed: impl Fn() -> bool,
+) -> u64 {
+    let seen = thread::scope(|s| {
+        spawn(s);
+        let walkers: Vec<_> = (0..walkers)
+            .map(|_| s.spawn(move || walk_until(mmu, BASE, stop, tables, full_every)))
+            .collect();
+        stop_after_run(stop, progressed);
+        walkers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for seen in &seen {
+        assert_walkers_saw_nothing_wrong(seen);
+    }
+    seen.iter().map(|s| s.tables).sum()
 }
 
 mod b1_gup_fast_vs_collapse {
@@ -295,12 +358,7 @@ mod b1_gup_fast_vs_collapse {
         let mmu = new_mmu(frames);
         let marks: Vec<AtomicU8> = (0..frames).map(|_| AtomicU8::new(IDLE)).collect();
         let stop = AtomicBool::new(false);
-        let (pins, bad, commits, aborts) = (
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-        );
+        let [pins, bad, commits, aborts]: [AtomicU64; 4] = Default::default();
         thread::scope(|s| {
             s.spawn(|| {
                 let mut collapsed = Vec::new();
@@ -364,8 +422,10 @@ mod b1_gup_fast_vs_collapse {
             0,
             "gup_fast returned a pin of a page whose collapse committed"
         );
-        assert!(commits.load(SeqCst) > 0, "no collapse committed");
-        assert!(pins.load(SeqCst) > 0, "no page was pinned");
+        assert_happened(&[
+            (&commits, "no collapse committed"),
+            (&pins, "no page was pinned"),
+        ]);
         let _ = aborts.load(SeqCst);
         assert_clean(&mmu);
     }
@@ -453,8 +513,7 @@ mod b2_reuse_without_sync {
     #[test]
     fn fixed_collapse_waits_for_the_walker_before_reusing_the_table() {
         let _serial = serial();
-        let mmu = new_mmu(4096);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(4096, VmaKind::Anon);
         mmu.map_page(VA).unwrap();
         let released = AtomicBool::new(false);
         let (tx, rx) = mpsc::channel();
@@ -493,14 +552,17 @@ mod b2_reuse_without_sync {
     #[test]
     fn fixed_collapse_and_free_cycles_under_lockless_walkers() {
         let _serial = serial();
-        let mmu = new_mmu(8192);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(8192, VmaKind::Anon);
         let tables = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
         let collapses = AtomicU64::new(0);
-        let seen = thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
+        let walked = race_with_walkers(
+            &mmu,
+            &stop,
+            &tables,
+            (2, 1),
+            |s| {
+                spawn_until_stopped(s, &stop, || {
                     for i in 0..4 {
                         let _ = mmu.map_page(BASE + i * PAGE_SIZE);
                     }
@@ -516,23 +578,11 @@ mod b2_reuse_without_sync {
                     // Frees the deposited (reused) table at once.
                     let _ = mmu.unmap_huge(BASE);
                 });
-            });
-            let walkers: Vec<_> = (0..2)
-                .map(|_| s.spawn(|| walk_until(&mmu, BASE, &stop, &tables, 1)))
-                .collect();
-            stop_after_run(&stop, || {
-                collapses.load(SeqCst) > 0 && tables.load(SeqCst) > 0
-            });
-            walkers
-                .into_iter()
-                .map(|w| w.join().unwrap())
-                .collect::<Vec<_>>()
-        });
-        for seen in &seen {
-            assert_walkers_saw_nothing_wrong(seen);
-        }
+            },
+            || collapses.load(SeqCst) > 0 && tables.load(SeqCst) > 0,
+        );
         assert!(collapses.load(SeqCst) > 0, "no collapse ran");
-        assert!(seen.iter().map(|s| s.tables).sum::<u64>() > 0);
+        assert!(walked > 0, "no walker mapped a table");
         assert_clean(&mmu);
     }
 }
@@ -570,8 +620,7 @@ mod b4_anon_vma_race {
 
     #[test]
     fn buggy_check_before_the_locks_loses_an_anonymous_page() {
-        let mmu = new_mmu(1024);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::File).unwrap();
+        let mmu = mmu_with_vma(1024, VmaKind::File);
         mmu.map_page(VA).unwrap();
         mmu.map_page(VA + PAGE_SIZE).unwrap();
 
@@ -618,8 +667,7 @@ mod b4_anon_vma_race {
 
     #[test]
     fn fixed_retract_after_cow_keeps_the_anonymous_page() {
-        let mmu = new_mmu(1024);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::File).unwrap();
+        let mmu = mmu_with_vma(1024, VmaKind::File);
         mmu.map_page(VA).unwrap();
         let anon = mmu.cow_fault(VA).unwrap();
         assert_eq!(mmu.retract_page_tables(BASE).unwrap(), 0);
@@ -637,15 +685,13 @@ mod b4_anon_vma_race {
         let current = AtomicU64::new(0);
         let cows = AtomicU64::new(0);
         let cowed = thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
-                    let base = current.load(SeqCst);
-                    if base != 0 {
-                        mmu.retract_page_tables(base).unwrap();
-                    } else {
-                        thread::yield_now();
-                    }
-                });
+            spawn_until_stopped(s, &stop, || {
+                let base = current.load(SeqCst);
+                if base != 0 {
+                    mmu.retract_page_tables(base).unwrap();
+                } else {
+                    thread::yield_now();
+                }
             });
             let cow = s.spawn(|| {
                 let mut cowed = Vec::new();
@@ -874,25 +920,15 @@ mod b6_move_normal_pmd_vs_retract {
         mmu.mmap(OLD, 2 * PMD_SIZE, VmaKind::File).unwrap();
         let stop = AtomicBool::new(false);
         let seen = thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
-                    let _ = mmu.move_normal_pmd(OLD, NEW);
-                    let _ = mmu.move_normal_pmd(NEW, OLD);
-                });
+            spawn_until_stopped(s, &stop, || {
+                let _ = mmu.move_normal_pmd(OLD, NEW);
+                let _ = mmu.move_normal_pmd(NEW, OLD);
             });
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
-                    mmu.retract_page_tables(OLD).unwrap();
-                    mmu.retract_page_tables(NEW).unwrap();
-                });
+            spawn_until_stopped(s, &stop, || {
+                mmu.retract_page_tables(OLD).unwrap();
+                mmu.retract_page_tables(NEW).unwrap();
             });
-            s.spawn(|| {
-                let mut i = 0;
-                common::until_stopped(&stop, || {
-                    i += 1;
-                    let _ = mmu.map_page(OLD + (i % 8) * PAGE_SIZE);
-                });
-            });
+            spawn_until_stopped(s, &stop, refault_round(&mmu, OLD));
             let walker = s.spawn(|| {
                 let mut seen = Seen::default();
                 common::until_stopped(&stop, || {
@@ -954,8 +990,7 @@ mod b7_split_invalidates_migration_entry {
 
     #[test]
     fn buggy_invalidated_migration_pmd_is_walked_as_a_table() {
-        let mmu = new_mmu(2048);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(2048, VmaKind::Anon);
         let head = mmu.map_huge(BASE).unwrap();
         // Migration replaces the huge pmd with a migration entry naming the page.
         // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
@@ -992,8 +1027,7 @@ mod b7_split_invalidates_migration_entry {
 
     #[test]
     fn fixed_split_of_a_migration_pmd_keeps_it_non_present() {
-        let mmu = new_mmu(2048);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(2048, VmaKind::Anon);
         let head = mmu.map_huge(BASE).unwrap();
         // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
         unsafe { mmu.inject_pmd(BASE, migration_entry(head)) }.unwrap();
@@ -1018,16 +1052,19 @@ mod b7_split_invalidates_migration_entry {
     #[test]
     fn fixed_splits_under_lockless_walkers() {
         let _serial = serial();
-        let mmu = new_mmu(8192);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(8192, VmaKind::Anon);
         // The page the migration entries name: a data frame, never a table.
         let migrating = mmu.alloc_data_frame().unwrap();
         let tables = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
-        let (splits, migration_splits) = (AtomicU64::new(0), AtomicU64::new(0));
-        let seen = thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
+        let [splits, migration_splits]: [AtomicU64; 2] = Default::default();
+        race_with_walkers(
+            &mmu,
+            &stop,
+            &tables,
+            (2, 8),
+            |s| {
+                spawn_until_stopped(s, &stop, || {
                     // A present THP: pmdp_invalidate, withdraw, fill, publish.
                     match mmu.map_huge(BASE) {
                         Ok(_) => {
@@ -1052,22 +1089,13 @@ mod b7_split_invalidates_migration_entry {
                         mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
                     }
                 });
-            });
-            let walkers: Vec<_> = (0..2)
-                .map(|_| s.spawn(|| walk_until(&mmu, BASE, &stop, &tables, 8)))
-                .collect();
-            stop_after_run(&stop, || {
-                splits.load(SeqCst) > 0 && migration_splits.load(SeqCst) > 0
-            });
-            walkers
-                .into_iter()
-                .map(|w| w.join().unwrap())
-                .collect::<Vec<_>>()
-        });
-        for seen in &seen {
-            assert_walkers_saw_nothing_wrong(seen);
-        }
-        assert!(splits.load(SeqCst) > 0 && migration_splits.load(SeqCst) > 0);
+            },
+            || splits.load(SeqCst) > 0 && migration_splits.load(SeqCst) > 0,
+        );
+        assert_happened(&[
+            (&splits, "no THP was split"),
+            (&migration_splits, "no migration pmd was split"),
+        ]);
         assert_clean(&mmu);
     }
 }
@@ -1111,8 +1139,7 @@ mod b9_ptlock_freed_before_grace_period {
 
     #[test]
     fn buggy_lock_of_a_table_freed_at_once() {
-        let mmu = new_mmu(1024);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(1024, VmaKind::Anon);
         mmu.map_page(VA).unwrap();
         let vma = mmu.lock_vma_under_rcu(VA).unwrap();
         let pmd = vma.pmd_offset(VA).unwrap().unwrap();
@@ -1150,8 +1177,7 @@ mod b9_ptlock_freed_before_grace_period {
 
     #[test]
     fn fixed_reclaim_keeps_the_lock_until_the_grace_period() {
-        let mmu = new_mmu(1024);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(1024, VmaKind::Anon);
         mmu.map_page(VA).unwrap();
         let vma = mmu.lock_vma_under_rcu(VA).unwrap();
         let pmd = vma.pmd_offset(VA).unwrap().unwrap();
@@ -1177,46 +1203,43 @@ mod b9_ptlock_freed_before_grace_period {
     #[test]
     fn fixed_nolock_lockers_vs_reclaim() {
         let _serial = serial();
-        let mmu = new_mmu(4096);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(4096, VmaKind::Anon);
         let stop = AtomicBool::new(false);
-        let (locks, reclaimed) = (AtomicU64::new(0), AtomicU64::new(0));
+        let [locks, reclaimed]: [AtomicU64; 2] = Default::default();
         thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
-                    for i in 0..4 {
-                        let _ = mmu.map_page(BASE + i * PAGE_SIZE);
-                    }
-                    let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
-                    reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
-                });
+            spawn_until_stopped(s, &stop, || {
+                for i in 0..4 {
+                    let _ = mmu.map_page(BASE + i * PAGE_SIZE);
+                }
+                let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
+                reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
             });
             for _ in 0..2 {
-                s.spawn(|| {
-                    common::until_stopped(&stop, || {
-                        let mm = mmu.mmap_read_lock();
-                        let Some(pmd) = mm.pmd_offset(BASE).unwrap() else {
-                            return;
-                        };
-                        let Ok(ro) = pte_offset_map_ro_nolock(&pmd, BASE) else {
-                            return;
-                        };
-                        // Read it locklessly first (the reclaim may run meanwhile) ...
-                        let present = ro.entries().filter(|p| p.is_present()).count();
-                        // ... then lock it, attached or not.
-                        let locked = ro.lock();
-                        let present_locked = locked.entries().filter(|p| p.is_present()).count();
-                        assert!(present <= 512 && present_locked <= 512);
-                        locks.fetch_add(1, SeqCst);
-                    });
+                spawn_until_stopped(s, &stop, || {
+                    let mm = mmu.mmap_read_lock();
+                    let Some(pmd) = mm.pmd_offset(BASE).unwrap() else {
+                        return;
+                    };
+                    let Ok(ro) = pte_offset_map_ro_nolock(&pmd, BASE) else {
+                        return;
+                    };
+                    // Read it locklessly first (the reclaim may run meanwhile) ...
+                    let present = ro.entries().filter(|p| p.is_present()).count();
+                    // ... then lock it, attached or not.
+                    let locked = ro.lock();
+                    let present_locked = locked.entries().filter(|p| p.is_present()).count();
+                    assert!(present <= 512 && present_locked <= 512);
+                    locks.fetch_add(1, SeqCst);
                 });
             }
             stop_after_run(&stop, || {
                 reclaimed.load(SeqCst) > 0 && locks.load(SeqCst) > 0
             });
         });
-        assert!(reclaimed.load(SeqCst) > 0, "no table was reclaimed");
-        assert!(locks.load(SeqCst) > 0, "no nolock user took a lock");
+        assert_happened(&[
+            (&reclaimed, "no table was reclaimed"),
+            (&locks, "no nolock user took a lock"),
+        ]);
         assert_clean(&mmu);
     }
 }
@@ -1259,8 +1282,7 @@ mod b10_recheck_pmd_state {
 
     #[test]
     fn buggy_write_after_reclaim_is_lost_and_revalidate_refuses() {
-        let mmu = new_mmu(1024);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(1024, VmaKind::Anon);
         mmu.map_page(VA).unwrap();
         let vma = mmu.lock_vma_under_rcu(VA).unwrap();
         let pmd = vma.pmd_offset(VA).unwrap().unwrap();
@@ -1305,24 +1327,16 @@ mod b10_recheck_pmd_state {
     #[test]
     fn fixed_revalidated_writers_vs_reclaim() {
         let _serial = serial();
-        let mmu = new_mmu(4096);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(4096, VmaKind::Anon);
         let stop = AtomicBool::new(false);
-        let (writes, rejected, lost, reclaimed) = (
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-        );
+        let [writes, rejected, lost, reclaimed]: [AtomicU64; 4] = Default::default();
         thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
-                    let _ = mmu.map_page(BASE);
-                    // Let the writers find the table.
-                    wait_for_progress(&writes, writes.load(SeqCst));
-                    let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
-                    reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
-                });
+            spawn_until_stopped(s, &stop, || {
+                let _ = mmu.map_page(BASE);
+                // Let the writers find the table.
+                wait_for_progress(&writes, writes.load(SeqCst));
+                let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
+                reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
             });
             for t in 0..2u64 {
                 let (mmu, stop, writes, rejected, lost) = (&mmu, &stop, &writes, &rejected, &lost);
@@ -1370,8 +1384,10 @@ mod b10_recheck_pmd_state {
             0,
             "a revalidated write went into a detached table"
         );
-        assert!(writes.load(SeqCst) > 0, "no write was made");
-        assert!(reclaimed.load(SeqCst) > 0, "no table was reclaimed");
+        assert_happened(&[
+            (&writes, "no write was made"),
+            (&reclaimed, "no table was reclaimed"),
+        ]);
         let _ = rejected.load(SeqCst);
         assert_clean(&mmu);
     }
@@ -1420,8 +1436,7 @@ mod b11_collapse_vs_pt_reclaim {
 
     #[test]
     fn buggy_collapse_without_vma_write_lock_finds_no_table() {
-        let mmu = new_mmu(2048);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(2048, VmaKind::Anon);
         mmu.map_page(VA).unwrap();
         {
             // collapse_huge_page before the fix: mmap write lock, no vma_start_write ...
@@ -1471,8 +1486,7 @@ mod b11_collapse_vs_pt_reclaim {
 
     #[test]
     fn fixed_vma_write_lock_excludes_per_vma_readers() {
-        let mmu = new_mmu(2048);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(2048, VmaKind::Anon);
         mmu.map_page(VA).unwrap();
         {
             let mm = mmu.mmap_write_lock();
@@ -1496,8 +1510,7 @@ mod b11_collapse_vs_pt_reclaim {
     /// the check under the PMD lock would otherwise mask.
     #[test]
     fn fixed_collapse_holds_the_vma_write_lock_while_it_works() {
-        let mmu = new_mmu(2048);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(2048, VmaKind::Anon);
         mmu.map_page(VA).unwrap();
         let walker = mmu.rcu_read_lock();
         let excluded = thread::scope(|s| {
@@ -1530,14 +1543,17 @@ mod b11_collapse_vs_pt_reclaim {
     #[test]
     fn fixed_collapse_vs_reclaim_and_refault() {
         let _serial = serial();
-        let mmu = new_mmu(8192);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(8192, VmaKind::Anon);
         let tables = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
-        let (collapses, reclaimed) = (AtomicU64::new(0), AtomicU64::new(0));
-        let seen = thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || match mmu.collapse_huge_page(BASE) {
+        let [collapses, reclaimed]: [AtomicU64; 2] = Default::default();
+        race_with_walkers(
+            &mmu,
+            &stop,
+            &tables,
+            (1, 1),
+            |s| {
+                spawn_until_stopped(s, &stop, || match mmu.collapse_huge_page(BASE) {
                     Ok(CollapseOutcome::Collapsed) => {
                         collapses.fetch_add(1, SeqCst);
                     }
@@ -1546,30 +1562,19 @@ mod b11_collapse_vs_pt_reclaim {
                     }
                     Err(e) => panic!("collapse_huge_page: {e}"),
                 });
-            });
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
+                spawn_until_stopped(s, &stop, || {
                     let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
                     reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
                     thread::sleep(Duration::from_micros(50));
                 });
-            });
-            s.spawn(|| {
-                let mut i = 0;
-                common::until_stopped(&stop, || {
-                    i += 1;
-                    let _ = mmu.map_page(BASE + (i % 8) * PAGE_SIZE);
-                });
-            });
-            let walker = s.spawn(|| walk_until(&mmu, BASE, &stop, &tables, 1));
-            stop_after_run(&stop, || {
-                collapses.load(SeqCst) > 0 && reclaimed.load(SeqCst) > 0
-            });
-            walker.join().unwrap()
-        });
-        assert_walkers_saw_nothing_wrong(&seen);
-        assert!(collapses.load(SeqCst) > 0, "no collapse ran");
-        assert!(reclaimed.load(SeqCst) > 0, "no table was reclaimed");
+                spawn_until_stopped(s, &stop, refault_round(&mmu, BASE));
+            },
+            || collapses.load(SeqCst) > 0 && reclaimed.load(SeqCst) > 0,
+        );
+        assert_happened(&[
+            (&collapses, "no collapse ran"),
+            (&reclaimed, "no table was reclaimed"),
+        ]);
         assert_clean(&mmu);
     }
 }
