@@ -95,6 +95,16 @@ fn stop_after_run(stop: &AtomicBool, progressed: impl Fn() -> bool) {
     stop.store(true, SeqCst);
 }
 
+/// [`stop_after_run`] until every counter of `work` has moved, then each must have: the work
+/// it counts (named in the message for when it did not) happened at least once.
+#[track_caller]
+fn stop_after_work(stop: &AtomicBool, work: &[(&AtomicU64, &str)]) {
+    stop_after_run(stop, || {
+        work.iter().all(|(count, _)| count.load(SeqCst) > 0)
+    });
+    assert_happened(work);
+}
+
 /// The concurrent replays run one at a time: each needs its threads to run in parallel, and
 /// the machine may have only a couple of CPUs.
 fn serial() -> MutexGuard<'static, ()> {
@@ -192,22 +202,21 @@ fn assert_walkers_saw_nothing_wrong(seen: &Seen) {
 
 /// The concurrent half of a replay: the workers that `spawn` starts on the scope (each watching
 /// `stop`) against `walkers` lockless walkers of `BASE` ([`walk_until`], `full_every` as there),
-/// until [`stop_after_run`] with `progressed`. Then no walker may have seen anything wrong;
-/// returns how many walks mapped a table.
+/// until [`stop_after_work`] with `work`. Then no walker may have seen anything wrong.
 fn race_with_walkers<'env>(
     mmu: &'env Mmu,
     stop: &'env AtomicBool,
     tables: &'env AtomicU64,
     (walkers, full_every): (usize, u64),
     spawn: impl for<'scope> FnOnce(&'scope thread::Scope<'scope, 'env>),
-    progressed: impl Fn() -> bool,
-) -> u64 {
+    work: &[(&AtomicU64, &str)],
+) {
     let seen = thread::scope(|s| {
         spawn(s);
         let walkers: Vec<_> = (0..walkers)
             .map(|_| s.spawn(move || walk_until(mmu, BASE, stop, tables, full_every)))
             .collect();
-        stop_after_run(stop, progressed);
+        stop_after_work(stop, work);
         walkers
             .into_iter()
             .map(|w| w.join().unwrap())
@@ -216,7 +225,6 @@ fn race_with_walkers<'env>(
     for seen in &seen {
         assert_walkers_saw_nothing_wrong(seen);
     }
-    seen.iter().map(|s| s.tables).sum()
 }
 
 mod b1_gup_fast_vs_collapse {
@@ -415,17 +423,19 @@ mod b1_gup_fast_vs_collapse {
                     }
                 });
             }
-            stop_after_run(&stop, || commits.load(SeqCst) > 0 && pins.load(SeqCst) > 0);
+            stop_after_work(
+                &stop,
+                &[
+                    (&commits, "no collapse committed"),
+                    (&pins, "no page was pinned"),
+                ],
+            );
         });
         assert_eq!(
             bad.load(SeqCst),
             0,
             "gup_fast returned a pin of a page whose collapse committed"
         );
-        assert_happened(&[
-            (&commits, "no collapse committed"),
-            (&pins, "no page was pinned"),
-        ]);
         let _ = aborts.load(SeqCst);
         assert_clean(&mmu);
     }
@@ -556,7 +566,7 @@ mod b2_reuse_without_sync {
         let tables = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
         let collapses = AtomicU64::new(0);
-        let walked = race_with_walkers(
+        race_with_walkers(
             &mmu,
             &stop,
             &tables,
@@ -579,10 +589,11 @@ mod b2_reuse_without_sync {
                     let _ = mmu.unmap_huge(BASE);
                 });
             },
-            || collapses.load(SeqCst) > 0 && tables.load(SeqCst) > 0,
+            &[
+                (&collapses, "no collapse ran"),
+                (&tables, "no walker mapped a table"),
+            ],
         );
-        assert!(collapses.load(SeqCst) > 0, "no collapse ran");
-        assert!(walked > 0, "no walker mapped a table");
         assert_clean(&mmu);
     }
 }
@@ -1090,12 +1101,11 @@ mod b7_split_invalidates_migration_entry {
                     }
                 });
             },
-            || splits.load(SeqCst) > 0 && migration_splits.load(SeqCst) > 0,
+            &[
+                (&splits, "no THP was split"),
+                (&migration_splits, "no migration pmd was split"),
+            ],
         );
-        assert_happened(&[
-            (&splits, "no THP was split"),
-            (&migration_splits, "no migration pmd was split"),
-        ]);
         assert_clean(&mmu);
     }
 }
@@ -1232,14 +1242,14 @@ mod b9_ptlock_freed_before_grace_period {
                     locks.fetch_add(1, SeqCst);
                 });
             }
-            stop_after_run(&stop, || {
-                reclaimed.load(SeqCst) > 0 && locks.load(SeqCst) > 0
-            });
+            stop_after_work(
+                &stop,
+                &[
+                    (&reclaimed, "no table was reclaimed"),
+                    (&locks, "no nolock user took a lock"),
+                ],
+            );
         });
-        assert_happened(&[
-            (&reclaimed, "no table was reclaimed"),
-            (&locks, "no nolock user took a lock"),
-        ]);
         assert_clean(&mmu);
     }
 }
@@ -1375,19 +1385,19 @@ mod b10_recheck_pmd_state {
                     });
                 });
             }
-            stop_after_run(&stop, || {
-                writes.load(SeqCst) > 0 && reclaimed.load(SeqCst) > 0
-            });
+            stop_after_work(
+                &stop,
+                &[
+                    (&writes, "no write was made"),
+                    (&reclaimed, "no table was reclaimed"),
+                ],
+            );
         });
         assert_eq!(
             lost.load(SeqCst),
             0,
             "a revalidated write went into a detached table"
         );
-        assert_happened(&[
-            (&writes, "no write was made"),
-            (&reclaimed, "no table was reclaimed"),
-        ]);
         let _ = rejected.load(SeqCst);
         assert_clean(&mmu);
     }
@@ -1569,12 +1579,11 @@ mod b11_collapse_vs_pt_reclaim {
                 });
                 spawn_until_stopped(s, &stop, refault_round(&mmu, BASE));
             },
-            || collapses.load(SeqCst) > 0 && reclaimed.load(SeqCst) > 0,
+            &[
+                (&collapses, "no collapse ran"),
+                (&reclaimed, "no table was reclaimed"),
+            ],
         );
-        assert_happened(&[
-            (&collapses, "no collapse ran"),
-            (&reclaimed, "no table was reclaimed"),
-        ]);
         assert_clean(&mmu);
     }
 }
