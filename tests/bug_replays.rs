@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use typed_pgtable::mmu::{
     FrameKind, Mmu, MmuConfig, PAGE_SIZE, PMD_SIZE, PageRef, PmdKind, VmaKind,
 };
-use typed_pgtable::provenance::pte_offset_map;
+use typed_pgtable::provenance::{DetachedPmd, Fresh, Retired, pte_offset_map};
 
 /// How long each concurrent run lasts at least.
 const RUN: Duration = Duration::from_millis(500);
@@ -198,6 +198,18 @@ fn assert_walkers_saw_nothing_wrong(seen: &Seen) {
         seen.dead_pages, 0,
         "a lockless walker saw a PTE of a page that was already freed"
     );
+}
+
+/// The bug of B2 and B9: a table just detached by `pmdp_collapse_flush` is laundered into a
+/// `Fresh` one and freed at once, with no grace period for the walkers that still have it
+/// mapped.
+fn free_at_once(mmu: &Mmu, retired: DetachedPmd<'_, Mmu, Retired>) {
+    let value = retired.pmd_val();
+    std::mem::forget(retired);
+    // SAFETY: deliberately broken (the bug): the table was installed until just now and a
+    // walker (lockless, or a nolock user) still has it mapped, so it is not `Fresh`.
+    let laundered = unsafe { DetachedPmd::<Mmu, Fresh>::from_pmd(mmu, value) }.unwrap();
+    laundered.pte_free();
 }
 
 /// The concurrent half of a replay: the workers that `spawn` starts on the scope (each watching
@@ -473,9 +485,7 @@ mod b2_reuse_without_sync {
 
     use super::*;
     use typed_pgtable::mmu::CollapseOutcome;
-    use typed_pgtable::provenance::{
-        DetachedPmd, Fresh, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock,
-    };
+    use typed_pgtable::provenance::{pmd_lock, pmdp_collapse_flush, pte_offset_map_lock};
 
     const VA: u64 = BASE + 0x5000;
 
@@ -499,12 +509,7 @@ mod b2_reuse_without_sync {
             let ptl = pte_offset_map_lock(&pmd, VA).unwrap();
             let retired = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
             drop(pml);
-            let value = retired.pmd_val();
-            std::mem::forget(retired);
-            // SAFETY: deliberately broken (the bug): the table was installed until just now and
-            // a lockless walker still has it mapped, so it is not `Fresh`.
-            let laundered = unsafe { DetachedPmd::<Mmu, Fresh>::from_pmd(&mmu, value) }.unwrap();
-            laundered.pte_free();
+            free_at_once(&mmu, retired);
         });
 
         // The walker reads on.
@@ -799,6 +804,8 @@ mod b6_move_normal_pmd_vs_retract {
     };
     use typed_pgtable::{Error, NoMap};
 
+    use typed_pgtable::mmu::PmdVal;
+
     const OLD: u64 = BASE;
     const NEW: u64 = BASE + PMD_SIZE;
 
@@ -809,10 +816,10 @@ mod b6_move_normal_pmd_vs_retract {
         mmu
     }
 
-    #[test]
-    fn buggy_populate_from_value_read_before_the_locks() {
-        let mmu = setup();
-        // move_page_tables decides to move the whole table: the pmd is read before the locks.
+    /// The start of the race, on one thread: move_page_tables decides to move the whole table
+    /// (the pmd is read before the locks), then khugepaged retracts the table under the rmap
+    /// read lock only. Returns the value read before the locks.
+    fn read_before_the_locks_then_retract(mmu: &Mmu) -> PmdVal {
         let stale = {
             let guard = mmu.rcu_read_lock();
             mmu.pmd_copy_lockless(&guard, OLD)
@@ -821,9 +828,14 @@ mod b6_move_normal_pmd_vs_retract {
                 .pmd_val()
         };
         assert!(matches!(stale.kind(), PmdKind::Table(_)));
-
-        // khugepaged retracts the table under the rmap read lock only.
         assert_eq!(mmu.retract_page_tables(OLD).unwrap(), 1);
+        stale
+    }
+
+    #[test]
+    fn buggy_populate_from_value_read_before_the_locks() {
+        let mmu = setup();
+        let stale = read_before_the_locks_then_retract(&mmu);
 
         // move_normal_pmd: mmap write lock, rmap write lock, PMD locks, no recheck.
         {
@@ -871,15 +883,7 @@ mod b6_move_normal_pmd_vs_retract {
     #[test]
     fn fixed_move_normal_pmd_rechecks_under_the_locks() {
         let mmu = setup();
-        let stale = {
-            let guard = mmu.rcu_read_lock();
-            mmu.pmd_copy_lockless(&guard, OLD)
-                .unwrap()
-                .unwrap()
-                .pmd_val()
-        };
-        assert!(matches!(stale.kind(), PmdKind::Table(_)));
-        assert_eq!(mmu.retract_page_tables(OLD).unwrap(), 1);
+        read_before_the_locks_then_retract(&mmu);
         assert_eq!(
             mmu.move_normal_pmd(OLD, NEW),
             Err(Error::NotMapped { addr: OLD })
@@ -1141,8 +1145,7 @@ mod b9_ptlock_freed_before_grace_period {
     use super::*;
     use typed_pgtable::mmu::AuditRule;
     use typed_pgtable::provenance::{
-        DetachedPmd, Fresh, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock,
-        pte_offset_map_ro_nolock,
+        pmd_lock, pmdp_collapse_flush, pte_offset_map_lock, pte_offset_map_ro_nolock,
     };
 
     const VA: u64 = BASE + 0x9000;
@@ -1165,12 +1168,8 @@ mod b9_ptlock_freed_before_grace_period {
             ptl.ptep_get_and_clear(VA);
             let retired = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
             drop(pml);
-            let value = retired.pmd_val();
-            std::mem::forget(retired);
-            // SAFETY: deliberately broken (the bug): a nolock user still has the table mapped
-            // and will take its lock.
-            let laundered = unsafe { DetachedPmd::<Mmu, Fresh>::from_pmd(&mmu, value) }.unwrap();
-            laundered.pte_free();
+            // A nolock user still has the table mapped and will take its lock.
+            free_at_once(&mmu, retired);
         }
         // The free itself breaks I9: no grace period since the unlink.
         assert_eq!(mmu.audit().violations_of(AuditRule::FreeWithoutGrace), 1);
