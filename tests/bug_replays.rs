@@ -112,6 +112,19 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A concurrent replay: one at a time ([`serial`]), the threads that `run` starts on the scope,
+/// and once they are all done, the MMU must be clean ([`assert_clean`]). Returns what `run`
+/// returned.
+fn concurrently<'env, R>(
+    mmu: &'env Mmu,
+    run: impl for<'scope> FnOnce(&'scope thread::Scope<'scope, 'env>) -> R,
+) -> R {
+    let _serial = serial();
+    let out = thread::scope(run);
+    assert_clean(mmu);
+    out
+}
+
 /// Waits (bounded) until `counter` moves past `from`: the other threads are running.
 fn wait_for_progress(counter: &AtomicU64, from: u64) {
     let until = Instant::now() + Duration::from_millis(2);
@@ -223,7 +236,7 @@ fn race_with_walkers<'env>(
     spawn: impl for<'scope> FnOnce(&'scope thread::Scope<'scope, 'env>),
     work: &[(&AtomicU64, &str)],
 ) {
-    let seen = thread::scope(|s| {
+    let seen = concurrently(mmu, |s| {
         spawn(s);
         let walkers: Vec<_> = (0..walkers)
             .map(|_| s.spawn(move || walk_until(mmu, BASE, stop, tables, full_every)))
@@ -373,13 +386,12 @@ mod b1_gup_fast_vs_collapse {
 
     #[test]
     fn fixed_gup_fast_never_pins_a_page_a_collapse_committed() {
-        let _serial = serial();
         let frames = 2048;
         let mmu = new_mmu(frames);
         let marks: Vec<AtomicU8> = (0..frames).map(|_| AtomicU8::new(IDLE)).collect();
         let stop = AtomicBool::new(false);
         let [pins, bad, commits, aborts]: [AtomicU64; 4] = Default::default();
-        thread::scope(|s| {
+        concurrently(&mmu, |s| {
             s.spawn(|| {
                 let mut collapsed = Vec::new();
                 'run: while !stop.load(SeqCst) {
@@ -449,7 +461,6 @@ mod b1_gup_fast_vs_collapse {
             "gup_fast returned a pin of a page whose collapse committed"
         );
         let _ = aborts.load(SeqCst);
-        assert_clean(&mmu);
     }
 }
 
@@ -566,7 +577,6 @@ mod b2_reuse_without_sync {
 
     #[test]
     fn fixed_collapse_and_free_cycles_under_lockless_walkers() {
-        let _serial = serial();
         let mmu = mmu_with_vma(8192, VmaKind::Anon);
         let tables = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
@@ -599,7 +609,6 @@ mod b2_reuse_without_sync {
                 (&tables, "no walker mapped a table"),
             ],
         );
-        assert_clean(&mmu);
     }
 }
 
@@ -694,13 +703,12 @@ mod b4_anon_vma_race {
 
     #[test]
     fn fixed_retract_page_tables_vs_cow_faults() {
-        let _serial = serial();
         const VMAS: u64 = 200;
         let mmu = new_mmu(8192);
         let stop = AtomicBool::new(false);
         let current = AtomicU64::new(0);
         let cows = AtomicU64::new(0);
-        let cowed = thread::scope(|s| {
+        let cowed = concurrently(&mmu, |s| {
             spawn_until_stopped(s, &stop, || {
                 let base = current.load(SeqCst);
                 if base != 0 {
@@ -761,7 +769,6 @@ mod b4_anon_vma_race {
         }
         assert!(cowed.len() > 10, "only {} CoW faults ran", cowed.len());
         assert!(stats.retracts > 0, "no table was retracted");
-        assert_clean(&mmu);
     }
 }
 
@@ -894,12 +901,11 @@ mod b6_move_normal_pmd_vs_retract {
 
     #[test]
     fn fixed_mover_blocked_on_the_rmap_lock_sees_the_retraction() {
-        let _serial = serial();
         let mmu = setup();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel();
         let mmu = &mmu;
-        thread::scope(|s| {
+        concurrently(mmu, |s| {
             let retractor = s.spawn(move || {
                 let rmap = mmu.i_mmap_lock_read();
                 ready_tx.send(()).unwrap();
@@ -925,16 +931,14 @@ mod b6_move_normal_pmd_vs_retract {
             assert_eq!(mover.join().unwrap(), Err(Error::NotMapped { addr: OLD }));
         });
         assert_eq!(mmu.translate(NEW + PAGE_SIZE).unwrap(), None);
-        assert_clean(mmu);
     }
 
     #[test]
     fn fixed_moves_vs_retracts() {
-        let _serial = serial();
         let mmu = new_mmu(4096);
         mmu.mmap(OLD, 2 * PMD_SIZE, VmaKind::File).unwrap();
         let stop = AtomicBool::new(false);
-        let seen = thread::scope(|s| {
+        let seen = concurrently(&mmu, |s| {
             spawn_until_stopped(s, &stop, || {
                 let _ = mmu.move_normal_pmd(OLD, NEW);
                 let _ = mmu.move_normal_pmd(NEW, OLD);
@@ -963,7 +967,6 @@ mod b6_move_normal_pmd_vs_retract {
         assert!(stats.pmd_moves > 0, "no table was moved");
         assert!(stats.retracts > 0, "no table was retracted");
         assert_eq!(stats.anon_pages_lost, 0);
-        assert_clean(&mmu);
     }
 }
 
@@ -1066,7 +1069,6 @@ mod b7_split_invalidates_migration_entry {
 
     #[test]
     fn fixed_splits_under_lockless_walkers() {
-        let _serial = serial();
         let mmu = mmu_with_vma(8192, VmaKind::Anon);
         // The page the migration entries name: a data frame, never a table.
         let migrating = mmu.alloc_data_frame().unwrap();
@@ -1110,7 +1112,6 @@ mod b7_split_invalidates_migration_entry {
                 (&migration_splits, "no migration pmd was split"),
             ],
         );
-        assert_clean(&mmu);
     }
 }
 
@@ -1211,11 +1212,10 @@ mod b9_ptlock_freed_before_grace_period {
 
     #[test]
     fn fixed_nolock_lockers_vs_reclaim() {
-        let _serial = serial();
         let mmu = mmu_with_vma(4096, VmaKind::Anon);
         let stop = AtomicBool::new(false);
         let [locks, reclaimed]: [AtomicU64; 2] = Default::default();
-        thread::scope(|s| {
+        concurrently(&mmu, |s| {
             spawn_until_stopped(s, &stop, || {
                 for i in 0..4 {
                     let _ = mmu.map_page(BASE + i * PAGE_SIZE);
@@ -1249,7 +1249,6 @@ mod b9_ptlock_freed_before_grace_period {
                 ],
             );
         });
-        assert_clean(&mmu);
     }
 }
 
@@ -1335,11 +1334,10 @@ mod b10_recheck_pmd_state {
 
     #[test]
     fn fixed_revalidated_writers_vs_reclaim() {
-        let _serial = serial();
         let mmu = mmu_with_vma(4096, VmaKind::Anon);
         let stop = AtomicBool::new(false);
         let [writes, rejected, lost, reclaimed]: [AtomicU64; 4] = Default::default();
-        thread::scope(|s| {
+        concurrently(&mmu, |s| {
             spawn_until_stopped(s, &stop, || {
                 let _ = mmu.map_page(BASE);
                 // Let the writers find the table.
@@ -1398,7 +1396,6 @@ mod b10_recheck_pmd_state {
             "a revalidated write went into a detached table"
         );
         let _ = rejected.load(SeqCst);
-        assert_clean(&mmu);
     }
 }
 
@@ -1551,7 +1548,6 @@ mod b11_collapse_vs_pt_reclaim {
 
     #[test]
     fn fixed_collapse_vs_reclaim_and_refault() {
-        let _serial = serial();
         let mmu = mmu_with_vma(8192, VmaKind::Anon);
         let tables = AtomicU64::new(0);
         let stop = AtomicBool::new(false);
@@ -1583,6 +1579,5 @@ mod b11_collapse_vs_pt_reclaim {
                 (&reclaimed, "no table was reclaimed"),
             ],
         );
-        assert_clean(&mmu);
     }
 }
