@@ -58,6 +58,23 @@ fn mmu_with_vma(frames: usize, kind: VmaKind) -> Mmu {
     mmu
 }
 
+/// [`mmu_with_vma`] with a page faulted in at `va`, so a PTE table is installed there.
+fn mmu_with_page(frames: usize, kind: VmaKind, va: u64) -> Mmu {
+    let mmu = mmu_with_vma(frames, kind);
+    mmu.map_page(va).unwrap();
+    mmu
+}
+
+/// The audit reported an access of kind `access`; `what` says what that means for the replay.
+#[track_caller]
+fn assert_reported(mmu: &Mmu, access: &str, what: &str) {
+    let report = mmu.audit().report();
+    assert!(
+        report.iter().any(|v| v.access == access),
+        "{what}: {report:?}"
+    );
+}
+
 /// A worker thread of a concurrent run: `step` over and over until `stop` is set.
 fn spawn_until_stopped<'scope>(
     s: &'scope thread::Scope<'scope, '_>,
@@ -539,8 +556,7 @@ mod b2_reuse_without_sync {
     #[test]
     fn fixed_collapse_waits_for_the_walker_before_reusing_the_table() {
         let _serial = serial();
-        let mmu = mmu_with_vma(4096, VmaKind::Anon);
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(4096, VmaKind::Anon, VA);
         let released = AtomicBool::new(false);
         let (tx, rx) = mpsc::channel();
         thread::scope(|s| {
@@ -645,8 +661,7 @@ mod b4_anon_vma_race {
 
     #[test]
     fn buggy_check_before_the_locks_loses_an_anonymous_page() {
-        let mmu = mmu_with_vma(1024, VmaKind::File);
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(1024, VmaKind::File, VA);
         mmu.map_page(VA + PAGE_SIZE).unwrap();
 
         // retract_page_tables before the fix: the rmap read lock, and the anon_vma test ...
@@ -692,8 +707,7 @@ mod b4_anon_vma_race {
 
     #[test]
     fn fixed_retract_after_cow_keeps_the_anonymous_page() {
-        let mmu = mmu_with_vma(1024, VmaKind::File);
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(1024, VmaKind::File, VA);
         let anon = mmu.cow_fault(VA).unwrap();
         assert_eq!(mmu.retract_page_tables(BASE).unwrap(), 0);
         assert_eq!(mmu.translate(VA).unwrap(), Some(anon << 12));
@@ -878,12 +892,10 @@ mod b6_move_normal_pmd_vs_retract {
         // A lockless walker (the hardware, GUP-fast) maps the free frame as a table.
         assert_eq!(mmu.audit().violations(), 0);
         let _ = mmu.translate(NEW + PAGE_SIZE).unwrap();
-        let report = mmu.audit().report();
-        assert!(
-            report
-                .iter()
-                .any(|v| v.access == "map of a non-table frame"),
-            "{report:?}"
+        assert_reported(
+            &mmu,
+            "map of a non-table frame",
+            "no walk through it was reported",
         );
     }
 
@@ -1029,12 +1041,10 @@ mod b7_split_invalidates_migration_entry {
         }
         // A lockless walker maps the data page as a table.
         let _ = mmu.translate(VA).unwrap();
-        let report = mmu.audit().report();
-        assert!(
-            report
-                .iter()
-                .any(|v| v.access == "map of a non-table frame"),
-            "{report:?}"
+        assert_reported(
+            &mmu,
+            "map of a non-table frame",
+            "no walk through it was reported",
         );
         let problems = mmu.check_tables();
         assert!(
@@ -1153,8 +1163,7 @@ mod b9_ptlock_freed_before_grace_period {
 
     #[test]
     fn buggy_lock_of_a_table_freed_at_once() {
-        let mmu = mmu_with_vma(1024, VmaKind::Anon);
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(1024, VmaKind::Anon, VA);
         let vma = mmu.lock_vma_under_rcu(VA).unwrap();
         let pmd = vma.pmd_offset(VA).unwrap().unwrap();
         // A nolock user: the map (an RCU section), the lock not taken yet.
@@ -1178,17 +1187,12 @@ mod b9_ptlock_freed_before_grace_period {
 
         let locked = ro.lock();
         drop(locked);
-        let report = mmu.audit().report();
-        assert!(
-            report.iter().any(|v| v.access == "lock"),
-            "the lock of a freed table was taken: {report:?}"
-        );
+        assert_reported(&mmu, "lock", "the lock of a freed table was taken");
     }
 
     #[test]
     fn fixed_reclaim_keeps_the_lock_until_the_grace_period() {
-        let mmu = mmu_with_vma(1024, VmaKind::Anon);
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(1024, VmaKind::Anon, VA);
         let vma = mmu.lock_vma_under_rcu(VA).unwrap();
         let pmd = vma.pmd_offset(VA).unwrap().unwrap();
         let ro = pte_offset_map_ro_nolock(&pmd, VA).unwrap();
@@ -1290,8 +1294,7 @@ mod b10_recheck_pmd_state {
 
     #[test]
     fn buggy_write_after_reclaim_is_lost_and_revalidate_refuses() {
-        let mmu = mmu_with_vma(1024, VmaKind::Anon);
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(1024, VmaKind::Anon, VA);
         let vma = mmu.lock_vma_under_rcu(VA).unwrap();
         let pmd = vma.pmd_offset(VA).unwrap().unwrap();
         let rw = pte_offset_map_rw_nolock(&pmd, VA).unwrap();
@@ -1442,8 +1445,7 @@ mod b11_collapse_vs_pt_reclaim {
 
     #[test]
     fn buggy_collapse_without_vma_write_lock_finds_no_table() {
-        let mmu = mmu_with_vma(2048, VmaKind::Anon);
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(2048, VmaKind::Anon, VA);
         {
             // collapse_huge_page before the fix: mmap write lock, no vma_start_write ...
             let mm = mmu.mmap_write_lock();
@@ -1492,8 +1494,7 @@ mod b11_collapse_vs_pt_reclaim {
 
     #[test]
     fn fixed_vma_write_lock_excludes_per_vma_readers() {
-        let mmu = mmu_with_vma(2048, VmaKind::Anon);
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(2048, VmaKind::Anon, VA);
         {
             let mm = mmu.mmap_write_lock();
             let vw = mm.vma_start_write(BASE).unwrap();
@@ -1516,8 +1517,7 @@ mod b11_collapse_vs_pt_reclaim {
     /// the check under the PMD lock would otherwise mask.
     #[test]
     fn fixed_collapse_holds_the_vma_write_lock_while_it_works() {
-        let mmu = mmu_with_vma(2048, VmaKind::Anon);
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(2048, VmaKind::Anon, VA);
         let walker = mmu.rcu_read_lock();
         let excluded = thread::scope(|s| {
             let collapse = s.spawn(|| mmu.collapse_huge_page(BASE));
