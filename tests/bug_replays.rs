@@ -1156,59 +1156,70 @@ mod b9_ptlock_freed_before_grace_period {
     use super::*;
     use typed_pgtable::mmu::AuditRule;
     use typed_pgtable::provenance::{
-        pmd_lock, pmdp_collapse_flush, pte_offset_map_lock, pte_offset_map_ro_nolock,
+        InTable, PmdRef, PteRoNolock, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock,
+        pte_offset_map_ro_nolock,
     };
 
     const VA: u64 = BASE + 0x9000;
 
+    /// The scene of both single-thread replays: a nolock user of the table at `VA`, under the
+    /// VMA read lock, has mapped it read-only (an RCU section) but not taken its lock yet. `f`
+    /// gets the pmd and the map; the VMA lock goes when it returns.
+    fn as_nolock_user<'m, R>(
+        mmu: &'m Mmu,
+        f: impl FnOnce(&PmdRef<'m, '_, Mmu, InTable>, PteRoNolock<'_, Mmu>) -> R,
+    ) -> R {
+        let vma = mmu.lock_vma_under_rcu(VA).unwrap();
+        let pmd = vma.pmd_offset(VA).unwrap().unwrap();
+        let ro = pte_offset_map_ro_nolock(&pmd, VA).unwrap();
+        f(&pmd, ro)
+    }
+
     #[test]
     fn buggy_lock_of_a_table_freed_at_once() {
         let mmu = mmu_with_page(1024, VmaKind::Anon, VA);
-        let vma = mmu.lock_vma_under_rcu(VA).unwrap();
-        let pmd = vma.pmd_offset(VA).unwrap().unwrap();
-        // A nolock user: the map (an RCU section), the lock not taken yet.
-        let ro = pte_offset_map_ro_nolock(&pmd, VA).unwrap();
-        assert!(ro.pte().is_present());
+        as_nolock_user(&mmu, |pmd, ro| {
+            assert!(ro.pte().is_present());
 
-        // PT_RECLAIM (same thread: nothing here blocks): zap, detach, free at once.
-        {
-            let pml = pmd_lock(&pmd);
-            let ptl = pte_offset_map_lock(&pmd, VA).unwrap();
-            // The clear drops the page's reference (after a grace period).
-            ptl.ptep_get_and_clear(VA);
-            let retired = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
-            drop(pml);
-            // A nolock user still has the table mapped and will take its lock.
-            free_at_once(&mmu, retired);
-        }
-        // The free itself breaks I9: no grace period since the unlink.
-        assert_eq!(mmu.audit().violations_of(AuditRule::FreeWithoutGrace), 1);
-        assert_eq!(mmu.audit().violations_of(AuditRule::UseAfterFree), 0);
+            // PT_RECLAIM (same thread: nothing here blocks): zap, detach, free at once.
+            {
+                let pml = pmd_lock(pmd);
+                let ptl = pte_offset_map_lock(pmd, VA).unwrap();
+                // The clear drops the page's reference (after a grace period).
+                ptl.ptep_get_and_clear(VA);
+                let retired = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
+                drop(pml);
+                // A nolock user still has the table mapped and will take its lock.
+                free_at_once(&mmu, retired);
+            }
+            // The free itself breaks I9: no grace period since the unlink.
+            assert_eq!(mmu.audit().violations_of(AuditRule::FreeWithoutGrace), 1);
+            assert_eq!(mmu.audit().violations_of(AuditRule::UseAfterFree), 0);
 
-        let locked = ro.lock();
-        drop(locked);
-        assert_reported(&mmu, "lock", "the lock of a freed table was taken");
+            let locked = ro.lock();
+            drop(locked);
+            assert_reported(&mmu, "lock", "the lock of a freed table was taken");
+        });
     }
 
     #[test]
     fn fixed_reclaim_keeps_the_lock_until_the_grace_period() {
         let mmu = mmu_with_page(1024, VmaKind::Anon, VA);
-        let vma = mmu.lock_vma_under_rcu(VA).unwrap();
-        let pmd = vma.pmd_offset(VA).unwrap().unwrap();
-        let ro = pte_offset_map_ro_nolock(&pmd, VA).unwrap();
-        let table = match ro.pmdval().kind() {
-            PmdKind::Table(t) => t,
-            other => panic!("{other:?}"),
-        };
+        let table = as_nolock_user(&mmu, |_, ro| {
+            let table = match ro.pmdval().kind() {
+                PmdKind::Table(t) => t,
+                other => panic!("{other:?}"),
+            };
 
-        // PT_RECLAIM under the VMA read lock, same thread: zap, detach, pte_free_defer.
-        let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
-        assert_eq!(zap.tables_reclaimed, 1);
+            // PT_RECLAIM under the VMA read lock, same thread: zap, detach, pte_free_defer.
+            let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
+            assert_eq!(zap.tables_reclaimed, 1);
 
-        let locked = ro.lock();
-        assert!(locked.pte().is_none(), "the detached, zapped table");
-        drop(locked);
-        drop(vma);
+            let locked = ro.lock();
+            assert!(locked.pte().is_none(), "the detached, zapped table");
+            drop(locked);
+            table
+        });
         assert_eq!(mmu.frame_kind(table), Some(FrameKind::Pte));
         assert_clean(&mmu);
         assert_eq!(mmu.frame_kind(table), Some(FrameKind::Free));
