@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use typed_pgtable::mmu::{
     FrameKind, Mmu, MmuConfig, PAGE_SIZE, PMD_SIZE, PageRef, PmdKind, VmaKind,
 };
-use typed_pgtable::provenance::{DetachedPmd, Fresh, Retired, pte_offset_map};
+use typed_pgtable::provenance::{DetachedPmd, Fresh, InTable, PmdRef, Retired, pte_offset_map};
 
 /// How long each concurrent run lasts at least.
 const RUN: Duration = Duration::from_millis(500);
@@ -63,6 +63,15 @@ fn mmu_with_page(frames: usize, kind: VmaKind, va: u64) -> Mmu {
     let mmu = mmu_with_vma(frames, kind);
     mmu.map_page(va).unwrap();
     mmu
+}
+
+/// One round of a nolock user at `va`: under the mmap read lock (which no longer keeps the
+/// table), `f` gets the pmd; nothing happens if an upper level is missing.
+fn under_mmap_lock(mmu: &Mmu, va: u64, f: impl FnOnce(&PmdRef<'_, '_, Mmu, InTable>)) {
+    let mm = mmu.mmap_read_lock();
+    if let Some(pmd) = mm.pmd_offset(va).unwrap() {
+        f(&pmd);
+    }
 }
 
 /// The audit reported an access of kind `access`; `what` says what that means for the replay.
@@ -1240,20 +1249,18 @@ mod b9_ptlock_freed_before_grace_period {
             });
             for _ in 0..2 {
                 spawn_until_stopped(s, &stop, || {
-                    let mm = mmu.mmap_read_lock();
-                    let Some(pmd) = mm.pmd_offset(BASE).unwrap() else {
-                        return;
-                    };
-                    let Ok(ro) = pte_offset_map_ro_nolock(&pmd, BASE) else {
-                        return;
-                    };
-                    // Read it locklessly first (the reclaim may run meanwhile) ...
-                    let present = ro.entries().filter(|p| p.is_present()).count();
-                    // ... then lock it, attached or not.
-                    let locked = ro.lock();
-                    let present_locked = locked.entries().filter(|p| p.is_present()).count();
-                    assert!(present <= 512 && present_locked <= 512);
-                    locks.fetch_add(1, SeqCst);
+                    under_mmap_lock(&mmu, BASE, |pmd| {
+                        let Ok(ro) = pte_offset_map_ro_nolock(pmd, BASE) else {
+                            return;
+                        };
+                        // Read it locklessly first (the reclaim may run meanwhile) ...
+                        let present = ro.entries().filter(|p| p.is_present()).count();
+                        // ... then lock it, attached or not.
+                        let locked = ro.lock();
+                        let present_locked = locked.entries().filter(|p| p.is_present()).count();
+                        assert!(present <= 512 && present_locked <= 512);
+                        locks.fetch_add(1, SeqCst);
+                    });
                 });
             }
             stop_after_work(
@@ -1366,33 +1373,31 @@ mod b10_recheck_pmd_state {
                     common::until_stopped(stop, || {
                         i += 1;
                         let va = BASE + (8 + i % 16) * PAGE_SIZE;
-                        let mm = mmu.mmap_read_lock();
-                        let Some(pmd) = mm.pmd_offset(va).unwrap() else {
-                            return;
-                        };
-                        let Ok(rw) = pte_offset_map_rw_nolock(&pmd, va) else {
-                            return;
-                        };
-                        // Work on the snapshot first: the reclaim may run meanwhile.
-                        let _ = rw.entries().filter(|p| p.is_present()).count();
-                        match rw.lock().revalidate(&pmd) {
-                            Ok(ptl) => {
-                                if !ptl.ptep_get(va).is_none() {
-                                    return;
+                        under_mmap_lock(mmu, va, |pmd| {
+                            let Ok(rw) = pte_offset_map_rw_nolock(pmd, va) else {
+                                return;
+                            };
+                            // Work on the snapshot first: the reclaim may run meanwhile.
+                            let _ = rw.entries().filter(|p| p.is_present()).count();
+                            match rw.lock().revalidate(pmd) {
+                                Ok(ptl) => {
+                                    if !ptl.ptep_get(va).is_none() {
+                                        return;
+                                    }
+                                    let page = mmu.alloc_data_frame().unwrap();
+                                    ptl.set_pte(va, Pte::anon_page(page.pfn())).unwrap();
+                                    // Attached: while this lock is held the table is installed,
+                                    // so the write is visible to any walker.
+                                    if mmu.translate(va).unwrap() != Some(page.pfn() << 12) {
+                                        lost.fetch_add(1, SeqCst);
+                                    }
+                                    writes.fetch_add(1, SeqCst);
                                 }
-                                let page = mmu.alloc_data_frame().unwrap();
-                                ptl.set_pte(va, Pte::anon_page(page.pfn())).unwrap();
-                                // Attached: while this lock is held the table is installed,
-                                // so the write is visible to any walker.
-                                if mmu.translate(va).unwrap() != Some(page.pfn() << 12) {
-                                    lost.fetch_add(1, SeqCst);
+                                Err(_) => {
+                                    rejected.fetch_add(1, SeqCst);
                                 }
-                                writes.fetch_add(1, SeqCst);
                             }
-                            Err(_) => {
-                                rejected.fetch_add(1, SeqCst);
-                            }
-                        }
+                        });
                     });
                 });
             }
