@@ -251,30 +251,52 @@ fn free_at_once(mmu: &Mmu, retired: DetachedPmd<'_, Mmu, Retired>) {
     laundered.pte_free();
 }
 
-/// The concurrent half of a replay: the workers that `spawn` starts on the scope (each watching
-/// `stop`) against `walkers` lockless walkers of `BASE` ([`walk_until`], `full_every` as there),
-/// until [`stop_after_work`] with `work`. Then no walker may have seen anything wrong.
-fn race_with_walkers<'env>(
-    mmu: &'env Mmu,
-    stop: &'env AtomicBool,
-    tables: &'env AtomicU64,
-    (walkers, full_every): (usize, u64),
-    spawn: impl for<'scope> FnOnce(&'scope thread::Scope<'scope, 'env>),
-    work: &[(&AtomicU64, &str)],
-) {
-    let seen = concurrently(mmu, |s| {
-        spawn(s);
-        let walkers: Vec<_> = (0..walkers)
-            .map(|_| s.spawn(move || walk_until(mmu, BASE, stop, tables, full_every)))
-            .collect();
-        stop_after_work(stop, work);
-        walkers
-            .into_iter()
-            .map(|w| w.join().unwrap())
-            .collect::<Vec<_>>()
-    });
-    for seen in &seen {
-        assert_walkers_saw_nothing_wrong(seen);
+/// A race of workers against lockless walkers of `BASE` in `mmu`: `walkers` of them, each
+/// reading the whole table in one walk of `full_every` ([`walk_until`]).
+struct Race<'m> {
+    mmu: &'m Mmu,
+    walkers: usize,
+    full_every: u64,
+    /// Set when the run is over.
+    stop: AtomicBool,
+    /// The walks that mapped a table: the workers wait on it to let the walkers find a table.
+    tables: AtomicU64,
+}
+
+impl<'m> Race<'m> {
+    fn new(mmu: &'m Mmu, walkers: usize, full_every: u64) -> Self {
+        Race {
+            mmu,
+            walkers,
+            full_every,
+            stop: AtomicBool::new(false),
+            tables: AtomicU64::new(0),
+        }
+    }
+
+    /// The concurrent half of a replay: the workers that `spawn` starts on the scope (each
+    /// watching `stop`) against the walkers, until [`stop_after_work`] with `work`. Then no
+    /// walker may have seen anything wrong.
+    fn run<'env>(
+        &'env self,
+        spawn: impl for<'scope> FnOnce(&'scope thread::Scope<'scope, 'env>),
+        work: &[(&AtomicU64, &str)],
+    ) {
+        let (mmu, stop, tables, full_every) = (self.mmu, &self.stop, &self.tables, self.full_every);
+        let seen = concurrently(mmu, |s| {
+            spawn(s);
+            let walkers: Vec<_> = (0..self.walkers)
+                .map(|_| s.spawn(move || walk_until(mmu, BASE, stop, tables, full_every)))
+                .collect();
+            stop_after_work(stop, work);
+            walkers
+                .into_iter()
+                .map(|w| w.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        for seen in &seen {
+            assert_walkers_saw_nothing_wrong(seen);
+        }
     }
 }
 
@@ -603,21 +625,16 @@ mod b2_reuse_without_sync {
     #[test]
     fn fixed_collapse_and_free_cycles_under_lockless_walkers() {
         let mmu = mmu_with_vma(8192, VmaKind::Anon);
-        let tables = AtomicU64::new(0);
-        let stop = AtomicBool::new(false);
+        let race = Race::new(&mmu, 2, 1);
         let collapses = AtomicU64::new(0);
-        race_with_walkers(
-            &mmu,
-            &stop,
-            &tables,
-            (2, 1),
+        race.run(
             |s| {
-                spawn_until_stopped(s, &stop, || {
+                spawn_until_stopped(s, &race.stop, || {
                     for i in 0..4 {
                         let _ = mmu.map_page(BASE + i * PAGE_SIZE);
                     }
                     // Let the walkers find the table.
-                    wait_for_progress(&tables, tables.load(SeqCst));
+                    wait_for_progress(&race.tables, race.tables.load(SeqCst));
                     match mmu.collapse_huge_page(BASE) {
                         Ok(CollapseOutcome::Collapsed) => {
                             collapses.fetch_add(1, SeqCst);
@@ -631,7 +648,7 @@ mod b2_reuse_without_sync {
             },
             &[
                 (&collapses, "no collapse ran"),
-                (&tables, "no walker mapped a table"),
+                (&race.tables, "no walker mapped a table"),
             ],
         );
     }
@@ -1091,16 +1108,11 @@ mod b7_split_invalidates_migration_entry {
         let mmu = mmu_with_vma(8192, VmaKind::Anon);
         // The page the migration entries name: a data frame, never a table.
         let migrating = mmu.alloc_data_frame().unwrap();
-        let tables = AtomicU64::new(0);
-        let stop = AtomicBool::new(false);
+        let race = Race::new(&mmu, 2, 8);
         let [splits, migration_splits]: [AtomicU64; 2] = Default::default();
-        race_with_walkers(
-            &mmu,
-            &stop,
-            &tables,
-            (2, 8),
+        race.run(
             |s| {
-                spawn_until_stopped(s, &stop, || {
+                spawn_until_stopped(s, &race.stop, || {
                     // A present THP: pmdp_invalidate, withdraw, fill, publish.
                     match mmu.map_huge(BASE) {
                         Ok(_) => {
@@ -1565,16 +1577,11 @@ mod b11_collapse_vs_pt_reclaim {
     #[test]
     fn fixed_collapse_vs_reclaim_and_refault() {
         let mmu = mmu_with_vma(8192, VmaKind::Anon);
-        let tables = AtomicU64::new(0);
-        let stop = AtomicBool::new(false);
+        let race = Race::new(&mmu, 1, 1);
         let [collapses, reclaimed]: [AtomicU64; 2] = Default::default();
-        race_with_walkers(
-            &mmu,
-            &stop,
-            &tables,
-            (1, 1),
+        race.run(
             |s| {
-                spawn_until_stopped(s, &stop, || match mmu.collapse_huge_page(BASE) {
+                spawn_until_stopped(s, &race.stop, || match mmu.collapse_huge_page(BASE) {
                     Ok(CollapseOutcome::Collapsed) => {
                         collapses.fetch_add(1, SeqCst);
                     }
@@ -1583,12 +1590,12 @@ mod b11_collapse_vs_pt_reclaim {
                     }
                     Err(e) => panic!("collapse_huge_page: {e}"),
                 });
-                spawn_until_stopped(s, &stop, || {
+                spawn_until_stopped(s, &race.stop, || {
                     let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
                     reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
                     thread::sleep(Duration::from_micros(50));
                 });
-                spawn_until_stopped(s, &stop, refault_round(&mmu, BASE));
+                spawn_until_stopped(s, &race.stop, refault_round(&mmu, BASE));
             },
             &[
                 (&collapses, "no collapse ran"),
