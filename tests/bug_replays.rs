@@ -151,6 +151,28 @@ fn concurrently<'env, R>(
     out
 }
 
+/// A concurrent replay that runs until its work is done: one at a time ([`serial`]), the
+/// threads that `spawn` starts on the scope (each watching `stop`) until [`stop_after_work`]
+/// with `work`. Once they are all done, no counter of `never` may have moved (its message says
+/// what it counts), and the MMU must be clean ([`assert_clean`]).
+fn until_work_done<'env>(
+    mmu: &'env Mmu,
+    stop: &'env AtomicBool,
+    work: &[(&AtomicU64, &str)],
+    never: &[(&AtomicU64, &str)],
+    spawn: impl for<'scope> FnOnce(&'scope thread::Scope<'scope, 'env>),
+) {
+    let _serial = serial();
+    thread::scope(|s| {
+        spawn(s);
+        stop_after_work(stop, work);
+    });
+    for &(count, what) in never {
+        assert_eq!(count.load(SeqCst), 0, "{what}");
+    }
+    assert_clean(mmu);
+}
+
 /// Waits (bounded) until `counter` moves past `from`: the other threads are running.
 fn wait_for_progress(counter: &AtomicU64, from: u64) {
     let until = Instant::now() + Duration::from_millis(2);
@@ -439,74 +461,74 @@ mod b1_gup_fast_vs_collapse {
         let marks: Vec<AtomicU8> = (0..frames).map(|_| AtomicU8::new(IDLE)).collect();
         let stop = AtomicBool::new(false);
         let [pins, bad, commits, aborts]: [AtomicU64; 4] = Default::default();
-        concurrently(&mmu, |s| {
-            s.spawn(|| {
-                let mut collapsed = Vec::new();
-                'run: while !stop.load(SeqCst) {
-                    let pages: Vec<u64> = (0..PAGES)
-                        .map(|i| mmu.map_page(BASE + i * PAGE_SIZE).unwrap())
-                        .collect();
-                    // Let the pinners work on the installed table.
-                    wait_for_progress(&pins, pins.load(SeqCst));
-                    let kept = loop {
-                        if let Some(kept) = collapse_unless_pinned(&mmu, &pages, &marks) {
-                            break kept;
-                        }
-                        aborts.fetch_add(1, SeqCst);
-                        if stop.load(SeqCst) {
-                            break 'run;
-                        }
-                        thread::yield_now();
-                    };
-                    commits.fetch_add(1, SeqCst);
-                    collapsed.extend(kept);
-                    if collapsed.len() >= 64 {
-                        release(&mmu, &mut collapsed, &marks);
-                    }
-                }
-                release(&mmu, &mut collapsed, &marks);
-            });
-            for t in 0..2u64 {
-                let (mmu, marks, stop, pins, bad) = (&mmu, &marks, &stop, &pins, &bad);
-                s.spawn(move || {
-                    let mut i = t;
-                    while !stop.load(SeqCst) {
-                        i += 1;
-                        // An outer section keeps the collapser's grace period open until the
-                        // pin has been judged.
-                        let guard = mmu.rcu_read_lock();
-                        let got = mmu.gup_fast(BASE + (i % PAGES) * PAGE_SIZE, 1).unwrap();
-                        fence(SeqCst);
-                        for pin in &got {
-                            let state = loop {
-                                let m = marks[pin.pfn() as usize].load(SeqCst);
-                                if m != CHECKING {
-                                    break m;
-                                }
-                                thread::yield_now();
-                            };
-                            if state == COMMITTED {
-                                bad.fetch_add(1, SeqCst);
+        until_work_done(
+            &mmu,
+            &stop,
+            &[
+                (&commits, "no collapse committed"),
+                (&pins, "no page was pinned"),
+            ],
+            &[(
+                &bad,
+                "gup_fast returned a pin of a page whose collapse committed",
+            )],
+            |s| {
+                s.spawn(|| {
+                    let mut collapsed = Vec::new();
+                    'run: while !stop.load(SeqCst) {
+                        let pages: Vec<u64> = (0..PAGES)
+                            .map(|i| mmu.map_page(BASE + i * PAGE_SIZE).unwrap())
+                            .collect();
+                        // Let the pinners work on the installed table.
+                        wait_for_progress(&pins, pins.load(SeqCst));
+                        let kept = loop {
+                            if let Some(kept) = collapse_unless_pinned(&mmu, &pages, &marks) {
+                                break kept;
                             }
-                            pins.fetch_add(1, SeqCst);
+                            aborts.fetch_add(1, SeqCst);
+                            if stop.load(SeqCst) {
+                                break 'run;
+                            }
+                            thread::yield_now();
+                        };
+                        commits.fetch_add(1, SeqCst);
+                        collapsed.extend(kept);
+                        if collapsed.len() >= 64 {
+                            release(&mmu, &mut collapsed, &marks);
                         }
-                        drop(got);
-                        drop(guard);
                     }
+                    release(&mmu, &mut collapsed, &marks);
                 });
-            }
-            stop_after_work(
-                &stop,
-                &[
-                    (&commits, "no collapse committed"),
-                    (&pins, "no page was pinned"),
-                ],
-            );
-        });
-        assert_eq!(
-            bad.load(SeqCst),
-            0,
-            "gup_fast returned a pin of a page whose collapse committed"
+                for t in 0..2u64 {
+                    let (mmu, marks, stop, pins, bad) = (&mmu, &marks, &stop, &pins, &bad);
+                    s.spawn(move || {
+                        let mut i = t;
+                        while !stop.load(SeqCst) {
+                            i += 1;
+                            // An outer section keeps the collapser's grace period open until the
+                            // pin has been judged.
+                            let guard = mmu.rcu_read_lock();
+                            let got = mmu.gup_fast(BASE + (i % PAGES) * PAGE_SIZE, 1).unwrap();
+                            fence(SeqCst);
+                            for pin in &got {
+                                let state = loop {
+                                    let m = marks[pin.pfn() as usize].load(SeqCst);
+                                    if m != CHECKING {
+                                        break m;
+                                    }
+                                    thread::yield_now();
+                                };
+                                if state == COMMITTED {
+                                    bad.fetch_add(1, SeqCst);
+                                }
+                                pins.fetch_add(1, SeqCst);
+                            }
+                            drop(got);
+                            drop(guard);
+                        }
+                    });
+                }
+            },
         );
         let _ = aborts.load(SeqCst);
     }
@@ -1251,38 +1273,41 @@ mod b9_ptlock_freed_before_grace_period {
         let mmu = mmu_with_vma(4096, VmaKind::Anon);
         let stop = AtomicBool::new(false);
         let [locks, reclaimed]: [AtomicU64; 2] = Default::default();
-        concurrently(&mmu, |s| {
-            spawn_until_stopped(s, &stop, || {
-                for i in 0..4 {
-                    let _ = mmu.map_page(BASE + i * PAGE_SIZE);
-                }
-                let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
-                reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
-            });
-            for _ in 0..2 {
+        until_work_done(
+            &mmu,
+            &stop,
+            &[
+                (&reclaimed, "no table was reclaimed"),
+                (&locks, "no nolock user took a lock"),
+            ],
+            &[],
+            |s| {
                 spawn_until_stopped(s, &stop, || {
-                    under_mmap_lock(&mmu, BASE, |pmd| {
-                        let Ok(ro) = pte_offset_map_ro_nolock(pmd, BASE) else {
-                            return;
-                        };
-                        // Read it locklessly first (the reclaim may run meanwhile) ...
-                        let present = ro.entries().filter(|p| p.is_present()).count();
-                        // ... then lock it, attached or not.
-                        let locked = ro.lock();
-                        let present_locked = locked.entries().filter(|p| p.is_present()).count();
-                        assert!(present <= 512 && present_locked <= 512);
-                        locks.fetch_add(1, SeqCst);
-                    });
+                    for i in 0..4 {
+                        let _ = mmu.map_page(BASE + i * PAGE_SIZE);
+                    }
+                    let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
+                    reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
                 });
-            }
-            stop_after_work(
-                &stop,
-                &[
-                    (&reclaimed, "no table was reclaimed"),
-                    (&locks, "no nolock user took a lock"),
-                ],
-            );
-        });
+                for _ in 0..2 {
+                    spawn_until_stopped(s, &stop, || {
+                        under_mmap_lock(&mmu, BASE, |pmd| {
+                            let Ok(ro) = pte_offset_map_ro_nolock(pmd, BASE) else {
+                                return;
+                            };
+                            // Read it locklessly first (the reclaim may run meanwhile) ...
+                            let present = ro.entries().filter(|p| p.is_present()).count();
+                            // ... then lock it, attached or not.
+                            let locked = ro.lock();
+                            let present_locked =
+                                locked.entries().filter(|p| p.is_present()).count();
+                            assert!(present <= 512 && present_locked <= 512);
+                            locks.fetch_add(1, SeqCst);
+                        });
+                    });
+                }
+            },
+        );
     }
 }
 
@@ -1370,61 +1395,59 @@ mod b10_recheck_pmd_state {
         let mmu = mmu_with_vma(4096, VmaKind::Anon);
         let stop = AtomicBool::new(false);
         let [writes, rejected, lost, reclaimed]: [AtomicU64; 4] = Default::default();
-        concurrently(&mmu, |s| {
-            spawn_until_stopped(s, &stop, || {
-                let _ = mmu.map_page(BASE);
-                // Let the writers find the table.
-                wait_for_progress(&writes, writes.load(SeqCst));
-                let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
-                reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
-            });
-            for t in 0..2u64 {
-                let (mmu, stop, writes, rejected, lost) = (&mmu, &stop, &writes, &rejected, &lost);
-                s.spawn(move || {
-                    let mut i = t;
-                    common::until_stopped(stop, || {
-                        i += 1;
-                        let va = BASE + (8 + i % 16) * PAGE_SIZE;
-                        under_mmap_lock(mmu, va, |pmd| {
-                            let Ok(rw) = pte_offset_map_rw_nolock(pmd, va) else {
-                                return;
-                            };
-                            // Work on the snapshot first: the reclaim may run meanwhile.
-                            let _ = rw.entries().filter(|p| p.is_present()).count();
-                            match rw.lock().revalidate(pmd) {
-                                Ok(ptl) => {
-                                    if !ptl.ptep_get(va).is_none() {
-                                        return;
+        until_work_done(
+            &mmu,
+            &stop,
+            &[
+                (&writes, "no write was made"),
+                (&reclaimed, "no table was reclaimed"),
+            ],
+            &[(&lost, "a revalidated write went into a detached table")],
+            |s| {
+                spawn_until_stopped(s, &stop, || {
+                    let _ = mmu.map_page(BASE);
+                    // Let the writers find the table.
+                    wait_for_progress(&writes, writes.load(SeqCst));
+                    let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
+                    reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
+                });
+                for t in 0..2u64 {
+                    let (mmu, stop, writes, rejected, lost) =
+                        (&mmu, &stop, &writes, &rejected, &lost);
+                    s.spawn(move || {
+                        let mut i = t;
+                        common::until_stopped(stop, || {
+                            i += 1;
+                            let va = BASE + (8 + i % 16) * PAGE_SIZE;
+                            under_mmap_lock(mmu, va, |pmd| {
+                                let Ok(rw) = pte_offset_map_rw_nolock(pmd, va) else {
+                                    return;
+                                };
+                                // Work on the snapshot first: the reclaim may run meanwhile.
+                                let _ = rw.entries().filter(|p| p.is_present()).count();
+                                match rw.lock().revalidate(pmd) {
+                                    Ok(ptl) => {
+                                        if !ptl.ptep_get(va).is_none() {
+                                            return;
+                                        }
+                                        let page = mmu.alloc_data_frame().unwrap();
+                                        ptl.set_pte(va, Pte::anon_page(page.pfn())).unwrap();
+                                        // Attached: while this lock is held the table is installed,
+                                        // so the write is visible to any walker.
+                                        if mmu.translate(va).unwrap() != Some(page.pfn() << 12) {
+                                            lost.fetch_add(1, SeqCst);
+                                        }
+                                        writes.fetch_add(1, SeqCst);
                                     }
-                                    let page = mmu.alloc_data_frame().unwrap();
-                                    ptl.set_pte(va, Pte::anon_page(page.pfn())).unwrap();
-                                    // Attached: while this lock is held the table is installed,
-                                    // so the write is visible to any walker.
-                                    if mmu.translate(va).unwrap() != Some(page.pfn() << 12) {
-                                        lost.fetch_add(1, SeqCst);
+                                    Err(_) => {
+                                        rejected.fetch_add(1, SeqCst);
                                     }
-                                    writes.fetch_add(1, SeqCst);
                                 }
-                                Err(_) => {
-                                    rejected.fetch_add(1, SeqCst);
-                                }
-                            }
+                            });
                         });
                     });
-                });
-            }
-            stop_after_work(
-                &stop,
-                &[
-                    (&writes, "no write was made"),
-                    (&reclaimed, "no table was reclaimed"),
-                ],
-            );
-        });
-        assert_eq!(
-            lost.load(SeqCst),
-            0,
-            "a revalidated write went into a detached table"
+                }
+            },
         );
         let _ = rejected.load(SeqCst);
     }
