@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use typed_pgtable::mmu::{
     FrameKind, Mmu, MmuConfig, PAGE_SIZE, PMD_SIZE, PageRef, PmdKind, VmaKind,
 };
-use typed_pgtable::provenance::pte_offset_map;
+use typed_pgtable::provenance::{DetachedPmd, Fresh, InTable, PmdRef, Retired, pte_offset_map};
 
 /// How long each concurrent run lasts at least.
 const RUN: Duration = Duration::from_millis(500);
@@ -51,6 +51,66 @@ fn new_mmu(frames: usize) -> Mmu {
     .unwrap()
 }
 
+/// A fresh MMU with one VMA of `kind` over the 2 MiB at `BASE`: where most replays run.
+fn mmu_with_vma(frames: usize, kind: VmaKind) -> Mmu {
+    let mmu = new_mmu(frames);
+    mmu.mmap(BASE, PMD_SIZE, kind).unwrap();
+    mmu
+}
+
+/// [`mmu_with_vma`] with a page faulted in at `va`, so a PTE table is installed there.
+fn mmu_with_page(frames: usize, kind: VmaKind, va: u64) -> Mmu {
+    let mmu = mmu_with_vma(frames, kind);
+    mmu.map_page(va).unwrap();
+    mmu
+}
+
+/// One round of a nolock user at `va`: under the mmap read lock (which no longer keeps the
+/// table), `f` gets the pmd; nothing happens if an upper level is missing.
+fn under_mmap_lock(mmu: &Mmu, va: u64, f: impl FnOnce(&PmdRef<'_, '_, Mmu, InTable>)) {
+    let mm = mmu.mmap_read_lock();
+    if let Some(pmd) = mm.pmd_offset(va).unwrap() {
+        f(&pmd);
+    }
+}
+
+/// The audit reported an access of kind `access`; `what` says what that means for the replay.
+#[track_caller]
+fn assert_reported(mmu: &Mmu, access: &str, what: &str) {
+    let report = mmu.audit().report();
+    assert!(
+        report.iter().any(|v| v.access == access),
+        "{what}: {report:?}"
+    );
+}
+
+/// A worker thread of a concurrent run: `step` over and over until `stop` is set.
+fn spawn_until_stopped<'scope>(
+    s: &'scope thread::Scope<'scope, '_>,
+    stop: &'scope AtomicBool,
+    step: impl FnMut() + Send + 'scope,
+) {
+    s.spawn(move || common::until_stopped(stop, step));
+}
+
+/// One round of a refault thread: the next of the first 8 pages from `base` faulted back in
+/// (if it is mapped already, or the range is huge, nothing happens).
+fn refault_round(mmu: &Mmu, base: u64) -> impl FnMut() + Send + '_ {
+    let mut i = 0;
+    move || {
+        i += 1;
+        let _ = mmu.map_page(base + (i % 8) * PAGE_SIZE);
+    }
+}
+
+/// Each counter moved: the work it counts (named in the message) happened at least once.
+#[track_caller]
+fn assert_happened(work: &[(&AtomicU64, &str)]) {
+    for &(count, none) in work {
+        assert!(count.load(SeqCst) > 0, "{none}");
+    }
+}
+
 /// Runs on the test's own thread while the workers run: sets `stop` after `RUN`, or, if
 /// `progressed` is still false then, as soon as it turns true, but never after `HARD_STOP`.
 fn stop_after_run(stop: &AtomicBool, progressed: impl Fn() -> bool) {
@@ -61,11 +121,56 @@ fn stop_after_run(stop: &AtomicBool, progressed: impl Fn() -> bool) {
     stop.store(true, SeqCst);
 }
 
+/// [`stop_after_run`] until every counter of `work` has moved, then each must have: the work
+/// it counts (named in the message for when it did not) happened at least once.
+#[track_caller]
+fn stop_after_work(stop: &AtomicBool, work: &[(&AtomicU64, &str)]) {
+    stop_after_run(stop, || {
+        work.iter().all(|(count, _)| count.load(SeqCst) > 0)
+    });
+    assert_happened(work);
+}
+
 /// The concurrent replays run one at a time: each needs its threads to run in parallel, and
 /// the machine may have only a couple of CPUs.
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A concurrent replay: one at a time ([`serial`]), the threads that `run` starts on the scope,
+/// and once they are all done, the MMU must be clean ([`assert_clean`]). Returns what `run`
+/// returned.
+fn concurrently<'env, R>(
+    mmu: &'env Mmu,
+    run: impl for<'scope> FnOnce(&'scope thread::Scope<'scope, 'env>) -> R,
+) -> R {
+    let _serial = serial();
+    let out = thread::scope(run);
+    assert_clean(mmu);
+    out
+}
+
+/// A concurrent replay that runs until its work is done: one at a time ([`serial`]), the
+/// threads that `spawn` starts on the scope (each watching `stop`) until [`stop_after_work`]
+/// with `work`. Once they are all done, no counter of `never` may have moved (its message says
+/// what it counts), and the MMU must be clean ([`assert_clean`]).
+fn until_work_done<'env>(
+    mmu: &'env Mmu,
+    stop: &'env AtomicBool,
+    work: &[(&AtomicU64, &str)],
+    never: &[(&AtomicU64, &str)],
+    spawn: impl for<'scope> FnOnce(&'scope thread::Scope<'scope, 'env>),
+) {
+    let _serial = serial();
+    thread::scope(|s| {
+        spawn(s);
+        stop_after_work(stop, work);
+    });
+    for &(count, what) in never {
+        assert_eq!(count.load(SeqCst), 0, "{what}");
+    }
+    assert_clean(mmu);
 }
 
 /// Waits (bounded) until `counter` moves past `from`: the other threads are running.
@@ -154,6 +259,67 @@ fn assert_walkers_saw_nothing_wrong(seen: &Seen) {
         seen.dead_pages, 0,
         "a lockless walker saw a PTE of a page that was already freed"
     );
+}
+
+/// The bug of B2 and B9: a table just detached by `pmdp_collapse_flush` is laundered into a
+/// `Fresh` one and freed at once, with no grace period for the walkers that still have it
+/// mapped.
+fn free_at_once(mmu: &Mmu, retired: DetachedPmd<'_, Mmu, Retired>) {
+    let value = retired.pmd_val();
+    std::mem::forget(retired);
+    // SAFETY: deliberately broken (the bug): the table was installed until just now and a
+    // walker (lockless, or a nolock user) still has it mapped, so it is not `Fresh`.
+    let laundered = unsafe { DetachedPmd::<Mmu, Fresh>::from_pmd(mmu, value) }.unwrap();
+    laundered.pte_free();
+}
+
+/// A race of workers against lockless walkers of `BASE` in `mmu`: `walkers` of them, each
+/// reading the whole table in one walk of `full_every` ([`walk_until`]).
+struct Race<'m> {
+    mmu: &'m Mmu,
+    walkers: usize,
+    full_every: u64,
+    /// Set when the run is over.
+    stop: AtomicBool,
+    /// The walks that mapped a table: the workers wait on it to let the walkers find a table.
+    tables: AtomicU64,
+}
+
+impl<'m> Race<'m> {
+    fn new(mmu: &'m Mmu, walkers: usize, full_every: u64) -> Self {
+        Race {
+            mmu,
+            walkers,
+            full_every,
+            stop: AtomicBool::new(false),
+            tables: AtomicU64::new(0),
+        }
+    }
+
+    /// The concurrent half of a replay: the workers that `spawn` starts on the scope (each
+    /// watching `stop`) against the walkers, until [`stop_after_work`] with `work`. Then no
+    /// walker may have seen anything wrong.
+    fn run<'env>(
+        &'env self,
+        spawn: impl for<'scope> FnOnce(&'scope thread::Scope<'scope, 'env>),
+        work: &[(&AtomicU64, &str)],
+    ) {
+        let (mmu, stop, tables, full_every) = (self.mmu, &self.stop, &self.tables, self.full_every);
+        let seen = concurrently(mmu, |s| {
+            spawn(s);
+            let walkers: Vec<_> = (0..self.walkers)
+                .map(|_| s.spawn(move || walk_until(mmu, BASE, stop, tables, full_every)))
+                .collect();
+            stop_after_work(stop, work);
+            walkers
+                .into_iter()
+                .map(|w| w.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        for seen in &seen {
+            assert_walkers_saw_nothing_wrong(seen);
+        }
+    }
 }
 
 mod b1_gup_fast_vs_collapse {
@@ -290,84 +456,81 @@ mod b1_gup_fast_vs_collapse {
 
     #[test]
     fn fixed_gup_fast_never_pins_a_page_a_collapse_committed() {
-        let _serial = serial();
         let frames = 2048;
         let mmu = new_mmu(frames);
         let marks: Vec<AtomicU8> = (0..frames).map(|_| AtomicU8::new(IDLE)).collect();
         let stop = AtomicBool::new(false);
-        let (pins, bad, commits, aborts) = (
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-        );
-        thread::scope(|s| {
-            s.spawn(|| {
-                let mut collapsed = Vec::new();
-                'run: while !stop.load(SeqCst) {
-                    let pages: Vec<u64> = (0..PAGES)
-                        .map(|i| mmu.map_page(BASE + i * PAGE_SIZE).unwrap())
-                        .collect();
-                    // Let the pinners work on the installed table.
-                    wait_for_progress(&pins, pins.load(SeqCst));
-                    let kept = loop {
-                        if let Some(kept) = collapse_unless_pinned(&mmu, &pages, &marks) {
-                            break kept;
-                        }
-                        aborts.fetch_add(1, SeqCst);
-                        if stop.load(SeqCst) {
-                            break 'run;
-                        }
-                        thread::yield_now();
-                    };
-                    commits.fetch_add(1, SeqCst);
-                    collapsed.extend(kept);
-                    if collapsed.len() >= 64 {
-                        release(&mmu, &mut collapsed, &marks);
-                    }
-                }
-                release(&mmu, &mut collapsed, &marks);
-            });
-            for t in 0..2u64 {
-                let (mmu, marks, stop, pins, bad) = (&mmu, &marks, &stop, &pins, &bad);
-                s.spawn(move || {
-                    let mut i = t;
-                    while !stop.load(SeqCst) {
-                        i += 1;
-                        // An outer section keeps the collapser's grace period open until the
-                        // pin has been judged.
-                        let guard = mmu.rcu_read_lock();
-                        let got = mmu.gup_fast(BASE + (i % PAGES) * PAGE_SIZE, 1).unwrap();
-                        fence(SeqCst);
-                        for pin in &got {
-                            let state = loop {
-                                let m = marks[pin.pfn() as usize].load(SeqCst);
-                                if m != CHECKING {
-                                    break m;
-                                }
-                                thread::yield_now();
-                            };
-                            if state == COMMITTED {
-                                bad.fetch_add(1, SeqCst);
+        let [pins, bad, commits, aborts]: [AtomicU64; 4] = Default::default();
+        until_work_done(
+            &mmu,
+            &stop,
+            &[
+                (&commits, "no collapse committed"),
+                (&pins, "no page was pinned"),
+            ],
+            &[(
+                &bad,
+                "gup_fast returned a pin of a page whose collapse committed",
+            )],
+            |s| {
+                s.spawn(|| {
+                    let mut collapsed = Vec::new();
+                    'run: while !stop.load(SeqCst) {
+                        let pages: Vec<u64> = (0..PAGES)
+                            .map(|i| mmu.map_page(BASE + i * PAGE_SIZE).unwrap())
+                            .collect();
+                        // Let the pinners work on the installed table.
+                        wait_for_progress(&pins, pins.load(SeqCst));
+                        let kept = loop {
+                            if let Some(kept) = collapse_unless_pinned(&mmu, &pages, &marks) {
+                                break kept;
                             }
-                            pins.fetch_add(1, SeqCst);
+                            aborts.fetch_add(1, SeqCst);
+                            if stop.load(SeqCst) {
+                                break 'run;
+                            }
+                            thread::yield_now();
+                        };
+                        commits.fetch_add(1, SeqCst);
+                        collapsed.extend(kept);
+                        if collapsed.len() >= 64 {
+                            release(&mmu, &mut collapsed, &marks);
                         }
-                        drop(got);
-                        drop(guard);
                     }
+                    release(&mmu, &mut collapsed, &marks);
                 });
-            }
-            stop_after_run(&stop, || commits.load(SeqCst) > 0 && pins.load(SeqCst) > 0);
-        });
-        assert_eq!(
-            bad.load(SeqCst),
-            0,
-            "gup_fast returned a pin of a page whose collapse committed"
+                for t in 0..2u64 {
+                    let (mmu, marks, stop, pins, bad) = (&mmu, &marks, &stop, &pins, &bad);
+                    s.spawn(move || {
+                        let mut i = t;
+                        while !stop.load(SeqCst) {
+                            i += 1;
+                            // An outer section keeps the collapser's grace period open until the
+                            // pin has been judged.
+                            let guard = mmu.rcu_read_lock();
+                            let got = mmu.gup_fast(BASE + (i % PAGES) * PAGE_SIZE, 1).unwrap();
+                            fence(SeqCst);
+                            for pin in &got {
+                                let state = loop {
+                                    let m = marks[pin.pfn() as usize].load(SeqCst);
+                                    if m != CHECKING {
+                                        break m;
+                                    }
+                                    thread::yield_now();
+                                };
+                                if state == COMMITTED {
+                                    bad.fetch_add(1, SeqCst);
+                                }
+                                pins.fetch_add(1, SeqCst);
+                            }
+                            drop(got);
+                            drop(guard);
+                        }
+                    });
+                }
+            },
         );
-        assert!(commits.load(SeqCst) > 0, "no collapse committed");
-        assert!(pins.load(SeqCst) > 0, "no page was pinned");
         let _ = aborts.load(SeqCst);
-        assert_clean(&mmu);
     }
 }
 
@@ -403,9 +566,7 @@ mod b2_reuse_without_sync {
 
     use super::*;
     use typed_pgtable::mmu::CollapseOutcome;
-    use typed_pgtable::provenance::{
-        DetachedPmd, Fresh, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock,
-    };
+    use typed_pgtable::provenance::{pmd_lock, pmdp_collapse_flush, pte_offset_map_lock};
 
     const VA: u64 = BASE + 0x5000;
 
@@ -429,12 +590,7 @@ mod b2_reuse_without_sync {
             let ptl = pte_offset_map_lock(&pmd, VA).unwrap();
             let retired = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
             drop(pml);
-            let value = retired.pmd_val();
-            std::mem::forget(retired);
-            // SAFETY: deliberately broken (the bug): the table was installed until just now and
-            // a lockless walker still has it mapped, so it is not `Fresh`.
-            let laundered = unsafe { DetachedPmd::<Mmu, Fresh>::from_pmd(&mmu, value) }.unwrap();
-            laundered.pte_free();
+            free_at_once(&mmu, retired);
         });
 
         // The walker reads on.
@@ -453,9 +609,7 @@ mod b2_reuse_without_sync {
     #[test]
     fn fixed_collapse_waits_for_the_walker_before_reusing_the_table() {
         let _serial = serial();
-        let mmu = new_mmu(4096);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(4096, VmaKind::Anon, VA);
         let released = AtomicBool::new(false);
         let (tx, rx) = mpsc::channel();
         thread::scope(|s| {
@@ -492,20 +646,17 @@ mod b2_reuse_without_sync {
 
     #[test]
     fn fixed_collapse_and_free_cycles_under_lockless_walkers() {
-        let _serial = serial();
-        let mmu = new_mmu(8192);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
-        let tables = AtomicU64::new(0);
-        let stop = AtomicBool::new(false);
+        let mmu = mmu_with_vma(8192, VmaKind::Anon);
+        let race = Race::new(&mmu, 2, 1);
         let collapses = AtomicU64::new(0);
-        let seen = thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
+        race.run(
+            |s| {
+                spawn_until_stopped(s, &race.stop, || {
                     for i in 0..4 {
                         let _ = mmu.map_page(BASE + i * PAGE_SIZE);
                     }
                     // Let the walkers find the table.
-                    wait_for_progress(&tables, tables.load(SeqCst));
+                    wait_for_progress(&race.tables, race.tables.load(SeqCst));
                     match mmu.collapse_huge_page(BASE) {
                         Ok(CollapseOutcome::Collapsed) => {
                             collapses.fetch_add(1, SeqCst);
@@ -516,24 +667,12 @@ mod b2_reuse_without_sync {
                     // Frees the deposited (reused) table at once.
                     let _ = mmu.unmap_huge(BASE);
                 });
-            });
-            let walkers: Vec<_> = (0..2)
-                .map(|_| s.spawn(|| walk_until(&mmu, BASE, &stop, &tables, 1)))
-                .collect();
-            stop_after_run(&stop, || {
-                collapses.load(SeqCst) > 0 && tables.load(SeqCst) > 0
-            });
-            walkers
-                .into_iter()
-                .map(|w| w.join().unwrap())
-                .collect::<Vec<_>>()
-        });
-        for seen in &seen {
-            assert_walkers_saw_nothing_wrong(seen);
-        }
-        assert!(collapses.load(SeqCst) > 0, "no collapse ran");
-        assert!(seen.iter().map(|s| s.tables).sum::<u64>() > 0);
-        assert_clean(&mmu);
+            },
+            &[
+                (&collapses, "no collapse ran"),
+                (&race.tables, "no walker mapped a table"),
+            ],
+        );
     }
 }
 
@@ -570,9 +709,7 @@ mod b4_anon_vma_race {
 
     #[test]
     fn buggy_check_before_the_locks_loses_an_anonymous_page() {
-        let mmu = new_mmu(1024);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::File).unwrap();
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(1024, VmaKind::File, VA);
         mmu.map_page(VA + PAGE_SIZE).unwrap();
 
         // retract_page_tables before the fix: the rmap read lock, and the anon_vma test ...
@@ -618,9 +755,7 @@ mod b4_anon_vma_race {
 
     #[test]
     fn fixed_retract_after_cow_keeps_the_anonymous_page() {
-        let mmu = new_mmu(1024);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::File).unwrap();
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(1024, VmaKind::File, VA);
         let anon = mmu.cow_fault(VA).unwrap();
         assert_eq!(mmu.retract_page_tables(BASE).unwrap(), 0);
         assert_eq!(mmu.translate(VA).unwrap(), Some(anon << 12));
@@ -630,22 +765,19 @@ mod b4_anon_vma_race {
 
     #[test]
     fn fixed_retract_page_tables_vs_cow_faults() {
-        let _serial = serial();
         const VMAS: u64 = 200;
         let mmu = new_mmu(8192);
         let stop = AtomicBool::new(false);
         let current = AtomicU64::new(0);
         let cows = AtomicU64::new(0);
-        let cowed = thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
-                    let base = current.load(SeqCst);
-                    if base != 0 {
-                        mmu.retract_page_tables(base).unwrap();
-                    } else {
-                        thread::yield_now();
-                    }
-                });
+        let cowed = concurrently(&mmu, |s| {
+            spawn_until_stopped(s, &stop, || {
+                let base = current.load(SeqCst);
+                if base != 0 {
+                    mmu.retract_page_tables(base).unwrap();
+                } else {
+                    thread::yield_now();
+                }
             });
             let cow = s.spawn(|| {
                 let mut cowed = Vec::new();
@@ -699,7 +831,6 @@ mod b4_anon_vma_race {
         }
         assert!(cowed.len() > 10, "only {} CoW faults ran", cowed.len());
         assert!(stats.retracts > 0, "no table was retracted");
-        assert_clean(&mmu);
     }
 }
 
@@ -742,6 +873,8 @@ mod b6_move_normal_pmd_vs_retract {
     };
     use typed_pgtable::{Error, NoMap};
 
+    use typed_pgtable::mmu::PmdVal;
+
     const OLD: u64 = BASE;
     const NEW: u64 = BASE + PMD_SIZE;
 
@@ -752,10 +885,10 @@ mod b6_move_normal_pmd_vs_retract {
         mmu
     }
 
-    #[test]
-    fn buggy_populate_from_value_read_before_the_locks() {
-        let mmu = setup();
-        // move_page_tables decides to move the whole table: the pmd is read before the locks.
+    /// The start of the race, on one thread: move_page_tables decides to move the whole table
+    /// (the pmd is read before the locks), then khugepaged retracts the table under the rmap
+    /// read lock only. Returns the value read before the locks.
+    fn read_before_the_locks_then_retract(mmu: &Mmu) -> PmdVal {
         let stale = {
             let guard = mmu.rcu_read_lock();
             mmu.pmd_copy_lockless(&guard, OLD)
@@ -764,9 +897,14 @@ mod b6_move_normal_pmd_vs_retract {
                 .pmd_val()
         };
         assert!(matches!(stale.kind(), PmdKind::Table(_)));
-
-        // khugepaged retracts the table under the rmap read lock only.
         assert_eq!(mmu.retract_page_tables(OLD).unwrap(), 1);
+        stale
+    }
+
+    #[test]
+    fn buggy_populate_from_value_read_before_the_locks() {
+        let mmu = setup();
+        let stale = read_before_the_locks_then_retract(&mmu);
 
         // move_normal_pmd: mmap write lock, rmap write lock, PMD locks, no recheck.
         {
@@ -802,27 +940,17 @@ mod b6_move_normal_pmd_vs_retract {
         // A lockless walker (the hardware, GUP-fast) maps the free frame as a table.
         assert_eq!(mmu.audit().violations(), 0);
         let _ = mmu.translate(NEW + PAGE_SIZE).unwrap();
-        let report = mmu.audit().report();
-        assert!(
-            report
-                .iter()
-                .any(|v| v.access == "map of a non-table frame"),
-            "{report:?}"
+        assert_reported(
+            &mmu,
+            "map of a non-table frame",
+            "no walk through it was reported",
         );
     }
 
     #[test]
     fn fixed_move_normal_pmd_rechecks_under_the_locks() {
         let mmu = setup();
-        let stale = {
-            let guard = mmu.rcu_read_lock();
-            mmu.pmd_copy_lockless(&guard, OLD)
-                .unwrap()
-                .unwrap()
-                .pmd_val()
-        };
-        assert!(matches!(stale.kind(), PmdKind::Table(_)));
-        assert_eq!(mmu.retract_page_tables(OLD).unwrap(), 1);
+        read_before_the_locks_then_retract(&mmu);
         assert_eq!(
             mmu.move_normal_pmd(OLD, NEW),
             Err(Error::NotMapped { addr: OLD })
@@ -833,12 +961,11 @@ mod b6_move_normal_pmd_vs_retract {
 
     #[test]
     fn fixed_mover_blocked_on_the_rmap_lock_sees_the_retraction() {
-        let _serial = serial();
         let mmu = setup();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel();
         let mmu = &mmu;
-        thread::scope(|s| {
+        concurrently(mmu, |s| {
             let retractor = s.spawn(move || {
                 let rmap = mmu.i_mmap_lock_read();
                 ready_tx.send(()).unwrap();
@@ -864,35 +991,23 @@ mod b6_move_normal_pmd_vs_retract {
             assert_eq!(mover.join().unwrap(), Err(Error::NotMapped { addr: OLD }));
         });
         assert_eq!(mmu.translate(NEW + PAGE_SIZE).unwrap(), None);
-        assert_clean(mmu);
     }
 
     #[test]
     fn fixed_moves_vs_retracts() {
-        let _serial = serial();
         let mmu = new_mmu(4096);
         mmu.mmap(OLD, 2 * PMD_SIZE, VmaKind::File).unwrap();
         let stop = AtomicBool::new(false);
-        let seen = thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
-                    let _ = mmu.move_normal_pmd(OLD, NEW);
-                    let _ = mmu.move_normal_pmd(NEW, OLD);
-                });
+        let seen = concurrently(&mmu, |s| {
+            spawn_until_stopped(s, &stop, || {
+                let _ = mmu.move_normal_pmd(OLD, NEW);
+                let _ = mmu.move_normal_pmd(NEW, OLD);
             });
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
-                    mmu.retract_page_tables(OLD).unwrap();
-                    mmu.retract_page_tables(NEW).unwrap();
-                });
+            spawn_until_stopped(s, &stop, || {
+                mmu.retract_page_tables(OLD).unwrap();
+                mmu.retract_page_tables(NEW).unwrap();
             });
-            s.spawn(|| {
-                let mut i = 0;
-                common::until_stopped(&stop, || {
-                    i += 1;
-                    let _ = mmu.map_page(OLD + (i % 8) * PAGE_SIZE);
-                });
-            });
+            spawn_until_stopped(s, &stop, refault_round(&mmu, OLD));
             let walker = s.spawn(|| {
                 let mut seen = Seen::default();
                 common::until_stopped(&stop, || {
@@ -912,7 +1027,6 @@ mod b6_move_normal_pmd_vs_retract {
         assert!(stats.pmd_moves > 0, "no table was moved");
         assert!(stats.retracts > 0, "no table was retracted");
         assert_eq!(stats.anon_pages_lost, 0);
-        assert_clean(&mmu);
     }
 }
 
@@ -954,8 +1068,7 @@ mod b7_split_invalidates_migration_entry {
 
     #[test]
     fn buggy_invalidated_migration_pmd_is_walked_as_a_table() {
-        let mmu = new_mmu(2048);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(2048, VmaKind::Anon);
         let head = mmu.map_huge(BASE).unwrap();
         // Migration replaces the huge pmd with a migration entry naming the page.
         // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
@@ -976,12 +1089,10 @@ mod b7_split_invalidates_migration_entry {
         }
         // A lockless walker maps the data page as a table.
         let _ = mmu.translate(VA).unwrap();
-        let report = mmu.audit().report();
-        assert!(
-            report
-                .iter()
-                .any(|v| v.access == "map of a non-table frame"),
-            "{report:?}"
+        assert_reported(
+            &mmu,
+            "map of a non-table frame",
+            "no walk through it was reported",
         );
         let problems = mmu.check_tables();
         assert!(
@@ -992,8 +1103,7 @@ mod b7_split_invalidates_migration_entry {
 
     #[test]
     fn fixed_split_of_a_migration_pmd_keeps_it_non_present() {
-        let mmu = new_mmu(2048);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(2048, VmaKind::Anon);
         let head = mmu.map_huge(BASE).unwrap();
         // SAFETY: fault injection under the test's control: the value names no live table of another slot, and page references are accounted for as the test describes.
         unsafe { mmu.inject_pmd(BASE, migration_entry(head)) }.unwrap();
@@ -1017,17 +1127,14 @@ mod b7_split_invalidates_migration_entry {
 
     #[test]
     fn fixed_splits_under_lockless_walkers() {
-        let _serial = serial();
-        let mmu = new_mmu(8192);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(8192, VmaKind::Anon);
         // The page the migration entries name: a data frame, never a table.
         let migrating = mmu.alloc_data_frame().unwrap();
-        let tables = AtomicU64::new(0);
-        let stop = AtomicBool::new(false);
-        let (splits, migration_splits) = (AtomicU64::new(0), AtomicU64::new(0));
-        let seen = thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
+        let race = Race::new(&mmu, 2, 8);
+        let [splits, migration_splits]: [AtomicU64; 2] = Default::default();
+        race.run(
+            |s| {
+                spawn_until_stopped(s, &race.stop, || {
                     // A present THP: pmdp_invalidate, withdraw, fill, publish.
                     match mmu.map_huge(BASE) {
                         Ok(_) => {
@@ -1052,23 +1159,12 @@ mod b7_split_invalidates_migration_entry {
                         mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
                     }
                 });
-            });
-            let walkers: Vec<_> = (0..2)
-                .map(|_| s.spawn(|| walk_until(&mmu, BASE, &stop, &tables, 8)))
-                .collect();
-            stop_after_run(&stop, || {
-                splits.load(SeqCst) > 0 && migration_splits.load(SeqCst) > 0
-            });
-            walkers
-                .into_iter()
-                .map(|w| w.join().unwrap())
-                .collect::<Vec<_>>()
-        });
-        for seen in &seen {
-            assert_walkers_saw_nothing_wrong(seen);
-        }
-        assert!(splits.load(SeqCst) > 0 && migration_splits.load(SeqCst) > 0);
-        assert_clean(&mmu);
+            },
+            &[
+                (&splits, "no THP was split"),
+                (&migration_splits, "no migration pmd was split"),
+            ],
+        );
     }
 }
 
@@ -1103,72 +1199,70 @@ mod b9_ptlock_freed_before_grace_period {
     use super::*;
     use typed_pgtable::mmu::AuditRule;
     use typed_pgtable::provenance::{
-        DetachedPmd, Fresh, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock,
+        InTable, PmdRef, PteRoNolock, pmd_lock, pmdp_collapse_flush, pte_offset_map_lock,
         pte_offset_map_ro_nolock,
     };
 
     const VA: u64 = BASE + 0x9000;
 
-    #[test]
-    fn buggy_lock_of_a_table_freed_at_once() {
-        let mmu = new_mmu(1024);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
-        mmu.map_page(VA).unwrap();
+    /// The scene of both single-thread replays: a nolock user of the table at `VA`, under the
+    /// VMA read lock, has mapped it read-only (an RCU section) but not taken its lock yet. `f`
+    /// gets the pmd and the map; the VMA lock goes when it returns.
+    fn as_nolock_user<'m, R>(
+        mmu: &'m Mmu,
+        f: impl FnOnce(&PmdRef<'m, '_, Mmu, InTable>, PteRoNolock<'_, Mmu>) -> R,
+    ) -> R {
         let vma = mmu.lock_vma_under_rcu(VA).unwrap();
         let pmd = vma.pmd_offset(VA).unwrap().unwrap();
-        // A nolock user: the map (an RCU section), the lock not taken yet.
         let ro = pte_offset_map_ro_nolock(&pmd, VA).unwrap();
-        assert!(ro.pte().is_present());
+        f(&pmd, ro)
+    }
 
-        // PT_RECLAIM (same thread: nothing here blocks): zap, detach, free at once.
-        {
-            let pml = pmd_lock(&pmd);
-            let ptl = pte_offset_map_lock(&pmd, VA).unwrap();
-            // The clear drops the page's reference (after a grace period).
-            ptl.ptep_get_and_clear(VA);
-            let retired = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
-            drop(pml);
-            let value = retired.pmd_val();
-            std::mem::forget(retired);
-            // SAFETY: deliberately broken (the bug): a nolock user still has the table mapped
-            // and will take its lock.
-            let laundered = unsafe { DetachedPmd::<Mmu, Fresh>::from_pmd(&mmu, value) }.unwrap();
-            laundered.pte_free();
-        }
-        // The free itself breaks I9: no grace period since the unlink.
-        assert_eq!(mmu.audit().violations_of(AuditRule::FreeWithoutGrace), 1);
-        assert_eq!(mmu.audit().violations_of(AuditRule::UseAfterFree), 0);
+    #[test]
+    fn buggy_lock_of_a_table_freed_at_once() {
+        let mmu = mmu_with_page(1024, VmaKind::Anon, VA);
+        as_nolock_user(&mmu, |pmd, ro| {
+            assert!(ro.pte().is_present());
 
-        let locked = ro.lock();
-        drop(locked);
-        let report = mmu.audit().report();
-        assert!(
-            report.iter().any(|v| v.access == "lock"),
-            "the lock of a freed table was taken: {report:?}"
-        );
+            // PT_RECLAIM (same thread: nothing here blocks): zap, detach, free at once.
+            {
+                let pml = pmd_lock(pmd);
+                let ptl = pte_offset_map_lock(pmd, VA).unwrap();
+                // The clear drops the page's reference (after a grace period).
+                ptl.ptep_get_and_clear(VA);
+                let retired = pmdp_collapse_flush(&pml, ptl).map_err(|r| r.error).unwrap();
+                drop(pml);
+                // A nolock user still has the table mapped and will take its lock.
+                free_at_once(&mmu, retired);
+            }
+            // The free itself breaks I9: no grace period since the unlink.
+            assert_eq!(mmu.audit().violations_of(AuditRule::FreeWithoutGrace), 1);
+            assert_eq!(mmu.audit().violations_of(AuditRule::UseAfterFree), 0);
+
+            let locked = ro.lock();
+            drop(locked);
+            assert_reported(&mmu, "lock", "the lock of a freed table was taken");
+        });
     }
 
     #[test]
     fn fixed_reclaim_keeps_the_lock_until_the_grace_period() {
-        let mmu = new_mmu(1024);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
-        mmu.map_page(VA).unwrap();
-        let vma = mmu.lock_vma_under_rcu(VA).unwrap();
-        let pmd = vma.pmd_offset(VA).unwrap().unwrap();
-        let ro = pte_offset_map_ro_nolock(&pmd, VA).unwrap();
-        let table = match ro.pmdval().kind() {
-            PmdKind::Table(t) => t,
-            other => panic!("{other:?}"),
-        };
+        let mmu = mmu_with_page(1024, VmaKind::Anon, VA);
+        let table = as_nolock_user(&mmu, |_, ro| {
+            let table = match ro.pmdval().kind() {
+                PmdKind::Table(t) => t,
+                other => panic!("{other:?}"),
+            };
 
-        // PT_RECLAIM under the VMA read lock, same thread: zap, detach, pte_free_defer.
-        let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
-        assert_eq!(zap.tables_reclaimed, 1);
+            // PT_RECLAIM under the VMA read lock, same thread: zap, detach, pte_free_defer.
+            let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
+            assert_eq!(zap.tables_reclaimed, 1);
 
-        let locked = ro.lock();
-        assert!(locked.pte().is_none(), "the detached, zapped table");
-        drop(locked);
-        drop(vma);
+            let locked = ro.lock();
+            assert!(locked.pte().is_none(), "the detached, zapped table");
+            drop(locked);
+            table
+        });
         assert_eq!(mmu.frame_kind(table), Some(FrameKind::Pte));
         assert_clean(&mmu);
         assert_eq!(mmu.frame_kind(table), Some(FrameKind::Free));
@@ -1176,48 +1270,44 @@ mod b9_ptlock_freed_before_grace_period {
 
     #[test]
     fn fixed_nolock_lockers_vs_reclaim() {
-        let _serial = serial();
-        let mmu = new_mmu(4096);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(4096, VmaKind::Anon);
         let stop = AtomicBool::new(false);
-        let (locks, reclaimed) = (AtomicU64::new(0), AtomicU64::new(0));
-        thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
+        let [locks, reclaimed]: [AtomicU64; 2] = Default::default();
+        until_work_done(
+            &mmu,
+            &stop,
+            &[
+                (&reclaimed, "no table was reclaimed"),
+                (&locks, "no nolock user took a lock"),
+            ],
+            &[],
+            |s| {
+                spawn_until_stopped(s, &stop, || {
                     for i in 0..4 {
                         let _ = mmu.map_page(BASE + i * PAGE_SIZE);
                     }
                     let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
                     reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
                 });
-            });
-            for _ in 0..2 {
-                s.spawn(|| {
-                    common::until_stopped(&stop, || {
-                        let mm = mmu.mmap_read_lock();
-                        let Some(pmd) = mm.pmd_offset(BASE).unwrap() else {
-                            return;
-                        };
-                        let Ok(ro) = pte_offset_map_ro_nolock(&pmd, BASE) else {
-                            return;
-                        };
-                        // Read it locklessly first (the reclaim may run meanwhile) ...
-                        let present = ro.entries().filter(|p| p.is_present()).count();
-                        // ... then lock it, attached or not.
-                        let locked = ro.lock();
-                        let present_locked = locked.entries().filter(|p| p.is_present()).count();
-                        assert!(present <= 512 && present_locked <= 512);
-                        locks.fetch_add(1, SeqCst);
+                for _ in 0..2 {
+                    spawn_until_stopped(s, &stop, || {
+                        under_mmap_lock(&mmu, BASE, |pmd| {
+                            let Ok(ro) = pte_offset_map_ro_nolock(pmd, BASE) else {
+                                return;
+                            };
+                            // Read it locklessly first (the reclaim may run meanwhile) ...
+                            let present = ro.entries().filter(|p| p.is_present()).count();
+                            // ... then lock it, attached or not.
+                            let locked = ro.lock();
+                            let present_locked =
+                                locked.entries().filter(|p| p.is_present()).count();
+                            assert!(present <= 512 && present_locked <= 512);
+                            locks.fetch_add(1, SeqCst);
+                        });
                     });
-                });
-            }
-            stop_after_run(&stop, || {
-                reclaimed.load(SeqCst) > 0 && locks.load(SeqCst) > 0
-            });
-        });
-        assert!(reclaimed.load(SeqCst) > 0, "no table was reclaimed");
-        assert!(locks.load(SeqCst) > 0, "no nolock user took a lock");
-        assert_clean(&mmu);
+                }
+            },
+        );
     }
 }
 
@@ -1259,9 +1349,7 @@ mod b10_recheck_pmd_state {
 
     #[test]
     fn buggy_write_after_reclaim_is_lost_and_revalidate_refuses() {
-        let mmu = new_mmu(1024);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(1024, VmaKind::Anon, VA);
         let vma = mmu.lock_vma_under_rcu(VA).unwrap();
         let pmd = vma.pmd_offset(VA).unwrap().unwrap();
         let rw = pte_offset_map_rw_nolock(&pmd, VA).unwrap();
@@ -1304,76 +1392,64 @@ mod b10_recheck_pmd_state {
 
     #[test]
     fn fixed_revalidated_writers_vs_reclaim() {
-        let _serial = serial();
-        let mmu = new_mmu(4096);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
+        let mmu = mmu_with_vma(4096, VmaKind::Anon);
         let stop = AtomicBool::new(false);
-        let (writes, rejected, lost, reclaimed) = (
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-            AtomicU64::new(0),
-        );
-        thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
+        let [writes, rejected, lost, reclaimed]: [AtomicU64; 4] = Default::default();
+        until_work_done(
+            &mmu,
+            &stop,
+            &[
+                (&writes, "no write was made"),
+                (&reclaimed, "no table was reclaimed"),
+            ],
+            &[(&lost, "a revalidated write went into a detached table")],
+            |s| {
+                spawn_until_stopped(s, &stop, || {
                     let _ = mmu.map_page(BASE);
                     // Let the writers find the table.
                     wait_for_progress(&writes, writes.load(SeqCst));
                     let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
                     reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
                 });
-            });
-            for t in 0..2u64 {
-                let (mmu, stop, writes, rejected, lost) = (&mmu, &stop, &writes, &rejected, &lost);
-                s.spawn(move || {
-                    let mut i = t;
-                    common::until_stopped(stop, || {
-                        i += 1;
-                        let va = BASE + (8 + i % 16) * PAGE_SIZE;
-                        let mm = mmu.mmap_read_lock();
-                        let Some(pmd) = mm.pmd_offset(va).unwrap() else {
-                            return;
-                        };
-                        let Ok(rw) = pte_offset_map_rw_nolock(&pmd, va) else {
-                            return;
-                        };
-                        // Work on the snapshot first: the reclaim may run meanwhile.
-                        let _ = rw.entries().filter(|p| p.is_present()).count();
-                        match rw.lock().revalidate(&pmd) {
-                            Ok(ptl) => {
-                                if !ptl.ptep_get(va).is_none() {
+                for t in 0..2u64 {
+                    let (mmu, stop, writes, rejected, lost) =
+                        (&mmu, &stop, &writes, &rejected, &lost);
+                    s.spawn(move || {
+                        let mut i = t;
+                        common::until_stopped(stop, || {
+                            i += 1;
+                            let va = BASE + (8 + i % 16) * PAGE_SIZE;
+                            under_mmap_lock(mmu, va, |pmd| {
+                                let Ok(rw) = pte_offset_map_rw_nolock(pmd, va) else {
                                     return;
+                                };
+                                // Work on the snapshot first: the reclaim may run meanwhile.
+                                let _ = rw.entries().filter(|p| p.is_present()).count();
+                                match rw.lock().revalidate(pmd) {
+                                    Ok(ptl) => {
+                                        if !ptl.ptep_get(va).is_none() {
+                                            return;
+                                        }
+                                        let page = mmu.alloc_data_frame().unwrap();
+                                        ptl.set_pte(va, Pte::anon_page(page.pfn())).unwrap();
+                                        // Attached: while this lock is held the table is installed,
+                                        // so the write is visible to any walker.
+                                        if mmu.translate(va).unwrap() != Some(page.pfn() << 12) {
+                                            lost.fetch_add(1, SeqCst);
+                                        }
+                                        writes.fetch_add(1, SeqCst);
+                                    }
+                                    Err(_) => {
+                                        rejected.fetch_add(1, SeqCst);
+                                    }
                                 }
-                                let page = mmu.alloc_data_frame().unwrap();
-                                ptl.set_pte(va, Pte::anon_page(page.pfn())).unwrap();
-                                // Attached: while this lock is held the table is installed,
-                                // so the write is visible to any walker.
-                                if mmu.translate(va).unwrap() != Some(page.pfn() << 12) {
-                                    lost.fetch_add(1, SeqCst);
-                                }
-                                writes.fetch_add(1, SeqCst);
-                            }
-                            Err(_) => {
-                                rejected.fetch_add(1, SeqCst);
-                            }
-                        }
+                            });
+                        });
                     });
-                });
-            }
-            stop_after_run(&stop, || {
-                writes.load(SeqCst) > 0 && reclaimed.load(SeqCst) > 0
-            });
-        });
-        assert_eq!(
-            lost.load(SeqCst),
-            0,
-            "a revalidated write went into a detached table"
+                }
+            },
         );
-        assert!(writes.load(SeqCst) > 0, "no write was made");
-        assert!(reclaimed.load(SeqCst) > 0, "no table was reclaimed");
         let _ = rejected.load(SeqCst);
-        assert_clean(&mmu);
     }
 }
 
@@ -1420,9 +1496,7 @@ mod b11_collapse_vs_pt_reclaim {
 
     #[test]
     fn buggy_collapse_without_vma_write_lock_finds_no_table() {
-        let mmu = new_mmu(2048);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(2048, VmaKind::Anon, VA);
         {
             // collapse_huge_page before the fix: mmap write lock, no vma_start_write ...
             let mm = mmu.mmap_write_lock();
@@ -1471,9 +1545,7 @@ mod b11_collapse_vs_pt_reclaim {
 
     #[test]
     fn fixed_vma_write_lock_excludes_per_vma_readers() {
-        let mmu = new_mmu(2048);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(2048, VmaKind::Anon, VA);
         {
             let mm = mmu.mmap_write_lock();
             let vw = mm.vma_start_write(BASE).unwrap();
@@ -1496,9 +1568,7 @@ mod b11_collapse_vs_pt_reclaim {
     /// the check under the PMD lock would otherwise mask.
     #[test]
     fn fixed_collapse_holds_the_vma_write_lock_while_it_works() {
-        let mmu = new_mmu(2048);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
-        mmu.map_page(VA).unwrap();
+        let mmu = mmu_with_page(2048, VmaKind::Anon, VA);
         let walker = mmu.rcu_read_lock();
         let excluded = thread::scope(|s| {
             let collapse = s.spawn(|| mmu.collapse_huge_page(BASE));
@@ -1529,15 +1599,12 @@ mod b11_collapse_vs_pt_reclaim {
 
     #[test]
     fn fixed_collapse_vs_reclaim_and_refault() {
-        let _serial = serial();
-        let mmu = new_mmu(8192);
-        mmu.mmap(BASE, PMD_SIZE, VmaKind::Anon).unwrap();
-        let tables = AtomicU64::new(0);
-        let stop = AtomicBool::new(false);
-        let (collapses, reclaimed) = (AtomicU64::new(0), AtomicU64::new(0));
-        let seen = thread::scope(|s| {
-            s.spawn(|| {
-                common::until_stopped(&stop, || match mmu.collapse_huge_page(BASE) {
+        let mmu = mmu_with_vma(8192, VmaKind::Anon);
+        let race = Race::new(&mmu, 1, 1);
+        let [collapses, reclaimed]: [AtomicU64; 2] = Default::default();
+        race.run(
+            |s| {
+                spawn_until_stopped(s, &race.stop, || match mmu.collapse_huge_page(BASE) {
                     Ok(CollapseOutcome::Collapsed) => {
                         collapses.fetch_add(1, SeqCst);
                     }
@@ -1546,30 +1613,17 @@ mod b11_collapse_vs_pt_reclaim {
                     }
                     Err(e) => panic!("collapse_huge_page: {e}"),
                 });
-            });
-            s.spawn(|| {
-                common::until_stopped(&stop, || {
+                spawn_until_stopped(s, &race.stop, || {
                     let zap = mmu.madvise_dontneed(BASE, PMD_SIZE, true).unwrap();
                     reclaimed.fetch_add(zap.tables_reclaimed, SeqCst);
                     thread::sleep(Duration::from_micros(50));
                 });
-            });
-            s.spawn(|| {
-                let mut i = 0;
-                common::until_stopped(&stop, || {
-                    i += 1;
-                    let _ = mmu.map_page(BASE + (i % 8) * PAGE_SIZE);
-                });
-            });
-            let walker = s.spawn(|| walk_until(&mmu, BASE, &stop, &tables, 1));
-            stop_after_run(&stop, || {
-                collapses.load(SeqCst) > 0 && reclaimed.load(SeqCst) > 0
-            });
-            walker.join().unwrap()
-        });
-        assert_walkers_saw_nothing_wrong(&seen);
-        assert!(collapses.load(SeqCst) > 0, "no collapse ran");
-        assert!(reclaimed.load(SeqCst) > 0, "no table was reclaimed");
-        assert_clean(&mmu);
+                spawn_until_stopped(s, &race.stop, refault_round(&mmu, BASE));
+            },
+            &[
+                (&collapses, "no collapse ran"),
+                (&reclaimed, "no table was reclaimed"),
+            ],
+        );
     }
 }

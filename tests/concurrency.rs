@@ -28,8 +28,8 @@ use common::rng::Rng;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use typed_pgtable::mmu::{
-    CollapseOutcome, FrameKind, Mmu, MmuConfig, MmuDump, PAGE_SIZE, PMD_SIZE, PmdKind, Pte,
-    SplitOutcome, VmaKind, migration_entry,
+    CollapseOutcome, FrameKind, Mmu, MmuDump, PAGE_SIZE, PMD_SIZE, PmdKind, Pte, SplitOutcome,
+    VmaKind, migration_entry,
 };
 use typed_pgtable::provenance::{InTable, PmdRef, pte_offset_map, pte_offset_map_lock};
 
@@ -72,19 +72,19 @@ fn get(a: &AtomicU64) -> u64 {
 }
 
 /// An MMU whose zero pages are already allocated, and the frame count everything must come
-/// back to (free frames plus the upper-level tables, which are never freed).
-fn new_mmu() -> (Mmu, usize) {
-    let mmu = Mmu::new(MmuConfig {
-        frames: FRAMES,
-        va_limit: LIMIT,
-    })
-    .unwrap();
+/// back to (free frames plus the upper-level tables, which are never freed); then the VMAs
+/// `vmas` (start, length, kind) are mapped.
+fn new_mmu(vmas: &[(u64, u64, VmaKind)]) -> (Mmu, usize) {
+    let mmu = common::scenario::mmu_with(FRAMES, LIMIT);
     let last = LIMIT - PMD_SIZE;
     mmu.zero_pfn().unwrap();
     mmu.map_huge_zero(last).unwrap();
     mmu.unmap_huge(last).unwrap();
     mmu.rcu_barrier();
     let baseline = mmu.free_frames() + upper_tables(&mmu.dump());
+    for &(start, len, kind) in vmas {
+        mmu.mmap(start, len, kind).unwrap();
+    }
     (mmu, baseline)
 }
 
@@ -233,16 +233,19 @@ fn punch_and_refault(mmu: &Mmu, r1: u64, mut rng: Rng) -> impl FnMut() + Send + 
 }
 
 /// Runs `remover` (and `refault`, if any) against the four walkers for the stress time, and
-/// then on until the walkers have all walked and `worked()` says the remover did its work
-/// (at most 10 s more). Both closures are one round, run until the flag is set.
-fn stress<R, F>(
+/// then on until the walkers have all walked and the remover did each kind of its work that
+/// `did()` counts by name (at most 10 s more). Both closures are one round, run until the flag
+/// is set. Then [`check_after`] (`gup_pins_checked` as there), and every kind of work in
+/// `did()` must have happened, and no anonymous page may have been lost.
+#[track_caller]
+fn stress<const N: usize, R, F>(
     mmu: &Mmu,
     regions: &[u64],
-    worked: impl Fn() -> bool,
+    gup_pins_checked: bool,
+    did: impl Fn() -> [(&'static str, u64); N],
     remover: R,
     refault: Option<F>,
-) -> Counts
-where
+) where
     R: FnMut() + Send,
     F: FnMut() + Send,
 {
@@ -262,6 +265,7 @@ where
         }
         std::thread::sleep(stress_time());
         let deadline = Instant::now() + Duration::from_secs(10);
+        let worked = || did().iter().all(|&(_, n)| n > 0);
         while !(c.all_walked() && worked()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -269,20 +273,19 @@ where
     });
     let elapsed = start.elapsed();
     eprintln!("{elapsed:?}: {counts:?}");
-    counts
+    check_after(mmu, &counts, gup_pins_checked);
+    let (did, s) = (did(), mmu.stats());
+    eprintln!("{did:?}, {s:?}");
+    for (name, n) in did {
+        assert!(n > 0, "the remover never did its {name}: {did:?}");
+    }
+    assert_eq!(s.anon_pages_lost, 0);
 }
 
 /// The checks after every run.
 #[track_caller]
 fn check_after(mmu: &Mmu, c: &Counts, gup_pins_checked: bool) {
-    mmu.rcu_barrier();
-    assert_eq!(
-        mmu.audit().violations(),
-        0,
-        "page-table use-after-free: {:?}",
-        mmu.audit().report()
-    );
-    assert_eq!(mmu.check_tables(), Vec::<String>::new());
+    common::assert_clean(mmu);
     assert!(
         get(&c.lockless_walks) > 0 && get(&c.lockless_maps) > 0,
         "{c:?}"
@@ -345,19 +348,24 @@ fn refill(mmu: &Mmu, start: u64, n: u64) -> u64 {
 
 #[test]
 fn retract_vs_walkers() {
-    let (mmu, baseline) = new_mmu();
     let (r1, r2, r3) = (region(1), region(2), region(3));
-    mmu.mmap(r1, PMD_SIZE, VmaKind::File).unwrap();
-    mmu.mmap(r3, PMD_SIZE, VmaKind::File).unwrap();
+    let (mmu, baseline) = new_mmu(&[(r1, PMD_SIZE, VmaKind::File), (r3, PMD_SIZE, VmaKind::File)]);
     refill(&mmu, r1, 32);
     refill(&mmu, r3, 32);
     let khugepaged = AtomicU64::new(0);
     let simple = AtomicU64::new(0);
     let cows = AtomicU64::new(0);
-    let c = stress(
+    stress(
         &mmu,
         &[r1, r2, r3],
-        || get(&khugepaged) > 0 && get(&simple) > 0 && get(&cows) > 0,
+        true,
+        || {
+            [
+                ("retract_page_tables", get(&khugepaged)),
+                ("retract_pte_table", get(&simple)),
+                ("cows", get(&cows)),
+            ]
+        },
         || {
             // r2 gets an anon_vma from CoW faults racing with this: B4.
             for r in [r1, r2] {
@@ -381,17 +389,7 @@ fn retract_vs_walkers() {
             mmu.munmap(r2, PMD_SIZE).unwrap();
         }),
     );
-    check_after(&mmu, &c, true);
-    let s = mmu.stats();
-    eprintln!(
-        "retract_page_tables {}, retract_pte_table {}, cows {}, {s:?}",
-        get(&khugepaged),
-        get(&simple),
-        get(&cows)
-    );
-    assert!(get(&khugepaged) > 0 && get(&simple) > 0 && get(&cows) > 0);
-    assert_eq!(s.retracts, get(&khugepaged) + get(&simple));
-    assert_eq!(s.anon_pages_lost, 0);
+    assert_eq!(mmu.stats().retracts, get(&khugepaged) + get(&simple));
     teardown(&mmu, baseline);
 }
 
@@ -399,89 +397,72 @@ fn retract_vs_walkers() {
 // Collapse: collapse_pte_mapped_thp and collapse_huge_page
 // =============================================================================================
 
-#[test]
-fn collapse_pte_mapped_thp_vs_walkers() {
-    let (mmu, baseline) = new_mmu();
+/// One collapser against the walkers, with holes punched and faulted back meanwhile (faults
+/// race with the collapse's steps). `collapse` is one attempt at `r1`, true if it collapsed:
+/// then the huge page is split back into a PTE-mapped THP for the next round and the thread
+/// sleeps `pause`; a failed attempt refills the holes.
+fn collapse_vs_walkers(
+    kind: VmaKind,
+    fill: impl FnOnce(&Mmu, u64),
+    collapse: impl Fn(&Mmu, u64) -> bool + Sync,
+    pause: Duration,
+    seed: u64,
+) {
     let r1 = region(1);
-    mmu.mmap(r1, PMD_SIZE, VmaKind::File).unwrap();
-    mmu.map_pages(r1, ENTRIES as usize).unwrap();
+    let (mmu, baseline) = new_mmu(&[(r1, PMD_SIZE, kind)]);
+    fill(&mmu, r1);
     let collapsed = AtomicU64::new(0);
     let other = AtomicU64::new(0);
-    let c = stress(
-        &mmu,
-        &[r1],
-        || get(&collapsed) > 0,
-        || {
-            match mmu.collapse_pte_mapped_thp(r1).unwrap() {
-                CollapseOutcome::Collapsed => {
-                    collapsed.fetch_add(1, Relaxed);
-                    // Back to a PTE-mapped THP for the next round.
-                    mmu.split_huge_pmd(r1).unwrap();
-                }
-                _ => {
-                    other.fetch_add(1, Relaxed);
-                    refill(&mmu, r1, 64);
-                }
-            }
-        },
-        // Holes punched and faulted back: faults race with the collapse's steps.
-        Some(punch_and_refault(&mmu, r1, Rng(7))),
-    );
     // THP subpages pinned through the huge pmd are freed by a later split and zap: see
     // ops.rs `pin_of_a_thp_subpage_survives_split_and_zap`; not asserted here.
-    check_after(&mmu, &c, false);
-    let s = mmu.stats();
-    eprintln!(
-        "collapsed {}, other {}, {s:?}",
-        get(&collapsed),
-        get(&other)
+    stress(
+        &mmu,
+        &[r1],
+        false,
+        || [("collapsed", get(&collapsed))],
+        || {
+            if collapse(&mmu, r1) {
+                collapsed.fetch_add(1, Relaxed);
+                mmu.split_huge_pmd(r1).unwrap();
+                std::thread::sleep(pause);
+            } else {
+                other.fetch_add(1, Relaxed);
+                refill(&mmu, r1, 64);
+            }
+        },
+        Some(punch_and_refault(&mmu, r1, Rng(seed))),
     );
-    assert!(get(&collapsed) > 0);
-    assert_eq!(s.collapses, get(&collapsed));
-    assert_eq!(s.anon_pages_lost, 0);
+    eprintln!("other {}", get(&other));
+    assert_eq!(mmu.stats().collapses, get(&collapsed));
     teardown(&mmu, baseline);
 }
 
 #[test]
-fn collapse_huge_page_vs_walkers() {
-    let (mmu, baseline) = new_mmu();
-    let r1 = region(1);
-    mmu.mmap(r1, PMD_SIZE, VmaKind::Anon).unwrap();
-    refill(&mmu, r1, 64);
-    let collapsed = AtomicU64::new(0);
-    let other = AtomicU64::new(0);
-    let c = stress(
-        &mmu,
-        &[r1],
-        || get(&collapsed) > 0,
-        || {
-            match mmu.collapse_huge_page(r1) {
-                Ok(CollapseOutcome::Collapsed) => {
-                    collapsed.fetch_add(1, Relaxed);
-                    mmu.split_huge_pmd(r1).unwrap();
-                    // khugepaged sleeps between scans; without a pause, this loop of mmap
-                    // write locks starves the mmap-lock walker (the lock prefers writers).
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-                Ok(_) | Err(_) => {
-                    other.fetch_add(1, Relaxed);
-                    refill(&mmu, r1, 64);
-                }
-            }
+fn collapse_pte_mapped_thp_vs_walkers() {
+    collapse_vs_walkers(
+        VmaKind::File,
+        |mmu, r1| {
+            mmu.map_pages(r1, ENTRIES as usize).unwrap();
         },
-        Some(punch_and_refault(&mmu, r1, Rng(8))),
+        |mmu, r1| mmu.collapse_pte_mapped_thp(r1).unwrap() == CollapseOutcome::Collapsed,
+        Duration::ZERO,
+        7,
     );
-    check_after(&mmu, &c, false);
-    let s = mmu.stats();
-    eprintln!(
-        "collapsed {}, other {}, {s:?}",
-        get(&collapsed),
-        get(&other)
+}
+
+#[test]
+fn collapse_huge_page_vs_walkers() {
+    collapse_vs_walkers(
+        VmaKind::Anon,
+        |mmu, r1| {
+            refill(mmu, r1, 64);
+        },
+        |mmu, r1| mmu.collapse_huge_page(r1) == Ok(CollapseOutcome::Collapsed),
+        // khugepaged sleeps between scans; without a pause, this loop of mmap write locks
+        // starves the mmap-lock walker (the lock prefers writers).
+        Duration::from_micros(500),
+        8,
     );
-    assert!(get(&collapsed) > 0);
-    assert_eq!(s.collapses, get(&collapsed));
-    assert_eq!(s.anon_pages_lost, 0);
-    teardown(&mmu, baseline);
 }
 
 // =============================================================================================
@@ -490,18 +471,18 @@ fn collapse_huge_page_vs_walkers() {
 
 #[test]
 fn reclaim_vs_walkers() {
-    let (mmu, baseline) = new_mmu();
     let regions = [region(1), region(2), region(3)];
+    let (mmu, baseline) = new_mmu(&regions.map(|r| (r, PMD_SIZE, VmaKind::Anon)));
     for r in regions {
-        mmu.mmap(r, PMD_SIZE, VmaKind::Anon).unwrap();
         refill(&mmu, r, 32);
     }
     let reclaimed = AtomicU64::new(0);
     let zapped = AtomicU64::new(0);
-    let c = stress(
+    stress(
         &mmu,
         &regions,
-        || get(&reclaimed) > 0 && get(&zapped) > 0,
+        true,
+        || [("reclaimed", get(&reclaimed)), ("zapped", get(&zapped))],
         || {
             for r in regions {
                 let z = mmu.madvise_dontneed(r, PMD_SIZE, true).unwrap();
@@ -520,16 +501,7 @@ fn reclaim_vs_walkers() {
             }
         }),
     );
-    check_after(&mmu, &c, true);
-    let s = mmu.stats();
-    eprintln!(
-        "reclaimed {}, zapped {}, {s:?}",
-        get(&reclaimed),
-        get(&zapped)
-    );
-    assert!(get(&reclaimed) > 0 && get(&zapped) > 0);
-    assert_eq!(s.reclaims, get(&reclaimed));
-    assert_eq!(s.anon_pages_lost, 0);
+    assert_eq!(mmu.stats().reclaims, get(&reclaimed));
     teardown(&mmu, baseline);
 }
 
@@ -539,14 +511,21 @@ fn reclaim_vs_walkers() {
 
 #[test]
 fn split_vs_walkers() {
-    let (mmu, baseline) = new_mmu();
     let (r1, r2) = (region(1), region(2));
-    mmu.mmap(r1, PMD_SIZE, VmaKind::Anon).unwrap();
+    let (mmu, baseline) = new_mmu(&[(r1, PMD_SIZE, VmaKind::Anon)]);
     let outcomes: [AtomicU64; 3] = Default::default();
-    let c = stress(
+    // Pins of THP subpages: see ops.rs `pin_of_a_thp_subpage_survives_split_and_zap`.
+    stress(
         &mmu,
         &[r1, r2],
-        || outcomes.iter().all(|o| get(o) > 0),
+        false,
+        || {
+            [
+                ("split", get(&outcomes[0])),
+                ("zero split", get(&outcomes[1])),
+                ("migration split", get(&outcomes[2])),
+            ]
+        },
         {
             let mut round = 0u64;
             let mmu = &mmu;
@@ -590,13 +569,7 @@ fn split_vs_walkers() {
         },
         None::<fn()>,
     );
-    // Pins of THP subpages: see ops.rs `pin_of_a_thp_subpage_survives_split_and_zap`.
-    check_after(&mmu, &c, false);
-    let s = mmu.stats();
-    eprintln!("outcomes {outcomes:?}, {s:?}");
-    assert!(outcomes.iter().all(|o| get(o) > 0));
-    assert_eq!(s.splits, outcomes.iter().map(get).sum::<u64>());
-    assert_eq!(s.anon_pages_lost, 0);
+    assert_eq!(mmu.stats().splits, outcomes.iter().map(get).sum::<u64>());
     teardown(&mmu, baseline);
 }
 
@@ -606,17 +579,17 @@ fn split_vs_walkers() {
 
 #[test]
 fn munmap_vs_walkers() {
-    let (mmu, baseline) = new_mmu();
     let regions = [region(1), region(2)];
+    let (mmu, baseline) = new_mmu(&regions.map(|r| (r, PMD_SIZE, VmaKind::Anon)));
     for r in regions {
-        mmu.mmap(r, PMD_SIZE, VmaKind::Anon).unwrap();
         refill(&mmu, r, 32);
     }
     let freed = AtomicU64::new(0);
-    let c = stress(
+    stress(
         &mmu,
         &regions,
-        || get(&freed) > 0,
+        true,
+        || [("freed", get(&freed))],
         || {
             for r in regions {
                 freed.fetch_add(mmu.munmap(r, PMD_SIZE).unwrap() as u64, Relaxed);
@@ -626,12 +599,7 @@ fn munmap_vs_walkers() {
         },
         None::<fn()>,
     );
-    check_after(&mmu, &c, true);
-    let s = mmu.stats();
-    eprintln!("freed {}, {s:?}", get(&freed));
-    assert!(get(&freed) > 0);
-    assert_eq!(s.pgtables_freed, get(&freed));
-    assert_eq!(s.anon_pages_lost, 0);
+    assert_eq!(mmu.stats().pgtables_freed, get(&freed));
     teardown(&mmu, baseline);
 }
 
@@ -641,15 +609,15 @@ fn munmap_vs_walkers() {
 
 #[test]
 fn move_normal_pmd_vs_walkers() {
-    let (mmu, baseline) = new_mmu();
     let (a, b) = (region(1), region(2));
-    mmu.mmap(a, 2 * PMD_SIZE, VmaKind::Anon).unwrap();
+    let (mmu, baseline) = new_mmu(&[(a, 2 * PMD_SIZE, VmaKind::Anon)]);
     let pages = mmu.map_pages(a, 32).unwrap();
     let moves = AtomicU64::new(0);
-    let c = stress(
+    stress(
         &mmu,
         &[a, b],
-        || get(&moves) > 0,
+        true,
+        || [("moves", get(&moves))],
         || {
             mmu.move_normal_pmd(a, b).unwrap();
             mmu.move_normal_pmd(b, a).unwrap();
@@ -657,12 +625,7 @@ fn move_normal_pmd_vs_walkers() {
         },
         None::<fn()>,
     );
-    check_after(&mmu, &c, true);
-    let s = mmu.stats();
-    eprintln!("moves {}, {s:?}", get(&moves));
-    assert!(get(&moves) > 0);
-    assert_eq!(s.pmd_moves, get(&moves));
-    assert_eq!(s.anon_pages_lost, 0);
+    assert_eq!(mmu.stats().pmd_moves, get(&moves));
     // Every page is still mapped, at its place in the table, in the region the table is in
     // (after an even number of moves: back at `a`).
     let d = mmu.dump();
@@ -694,9 +657,8 @@ fn move_normal_pmd_vs_walkers() {
 /// mmap lock, and it only waits for the readers already inside.
 #[test]
 fn vma_start_write_is_not_starved_by_readers() {
-    let (mmu, _) = new_mmu();
     let r1 = region(1);
-    mmu.mmap(r1, PMD_SIZE, VmaKind::Anon).unwrap();
+    let (mmu, _) = new_mmu(&[(r1, PMD_SIZE, VmaKind::Anon)]);
     mmu.map_pages(r1, 32).unwrap();
     let stop = AtomicBool::new(false);
     let done = AtomicBool::new(false);

@@ -6,6 +6,7 @@
 
 pub mod model;
 pub mod rng;
+pub mod scenario;
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::thread;
